@@ -1,0 +1,248 @@
+"""Command line: `python -m cifarapp train|resume|evaluate|predict|runs ...` on the app's engine."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoints
+from .data import AUGMENTATIONS, DATA_ENV_VAR, DataUnavailableError, load_cifar10, synthetic_data
+from .evaluate import evaluate
+from .inference import DEVICES, PRECISIONS
+from .models import MODELS
+from .predict import ImageError, predict, top_k
+from .presets import PRESETS
+from .runs import RunDir, RunError, RunManager, execute_run, new_run_id
+from .train import OPTIMIZERS, SCHEDULES, ConfigError, EndEvent, EpochEvent, StepEvent, TrainConfig
+from .weights import default_checkpoint
+
+OPTION_HELP = {
+    "model": f"architecture: {', '.join(MODELS)}",
+    "width": "channel width multiplier (fastnet only)",
+    "optimizer": f"optimizer: {', '.join(OPTIMIZERS)}",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "use Nesterov momentum (sgd)",
+    "weight_decay": "L2 weight decay on weights (not biases or norm shifts)",
+    "epochs": "passes over the training set",
+    "batch_size": "images per step",
+    "schedule": f"learning-rate schedule after warm-up: {', '.join(SCHEDULES)} (onecycle = linear decay to 0)",
+    "warmup_epochs": "epochs of linear warm-up from 0 to the peak lr",
+    "label_smoothing": "label smoothing of the cross-entropy loss, 0 to <1",
+    "augment": f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}",
+    "seed": "random seed (same seed on CPU gives the same numbers)",
+    "device": f"training device: {', '.join(DEVICES)}",
+    "precision": f"numeric precision: {', '.join(PRECISIONS)} (auto: bf16 on CPU, bf16/fp16 on GPU)",
+    "train_size": "train on only this many images (quick runs); default all",
+    "val_size": "images held out of the training set for validation",
+}
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help=f"CIFAR-10 .npz or torchvision folder (or set {DATA_ENV_VAR}); "
+                                       "'synthetic' for a tiny generated set. Default: download into --data-dir")
+    parser.add_argument("--data-dir", default="data", help="where the download and its cache live (default ./data)")
+    parser.add_argument("--no-download", action="store_true", help="never download; fail if no data is found")
+
+
+def _load_data(args):
+    if args.data == "synthetic":
+        return synthetic_data()
+    return load_cifar10(args.data, args.data_dir, download=not args.no_download)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cifarapp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model; prints the report's epoch lines")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setup (options override it)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=OPTION_HELP[f.name])
+        else:
+            train.add_argument(flag, default=None, help=f"{OPTION_HELP[f.name]} (default {getattr(defaults, f.name)})")
+    train.add_argument("--config", help="a JSON config file (as saved by the app); options override it")
+    train.add_argument("--runs-dir", default="runs", help="where run folders are written")
+    _add_data_options(train)
+
+    resume = sub.add_parser("resume", help="continue a stopped or interrupted run from its checkpoint")
+    resume.add_argument("run_id")
+    resume.add_argument("--runs-dir", default="runs")
+    _add_data_options(resume)
+
+    ev = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix on the test set")
+    ev.add_argument("model", nargs="?", help="checkpoint file or run id (default: the best shipped weights)")
+    ev.add_argument("--tta", action="store_true", help="average with the mirror image (flip test-time augmentation)")
+    ev.add_argument("--runs-dir", default="runs")
+    ev.add_argument("--json", help="also write the result to this JSON file")
+    _add_data_options(ev)
+
+    pr = sub.add_parser("predict", help="class probabilities for image files")
+    pr.add_argument("images", nargs="+", help="image files (any size or mode)")
+    pr.add_argument("--model", help="checkpoint file or run id (default: the best shipped weights)")
+    pr.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    pr.add_argument("--runs-dir", default="runs")
+
+    ls = sub.add_parser("runs", help="list past runs")
+    ls.add_argument("--runs-dir", default="runs")
+    return parser
+
+
+def _config_from_args(args) -> TrainConfig:
+    values = PRESETS[args.preset].config.to_dict() if args.preset else {}
+    if args.config:
+        values.update(json.loads(Path(args.config).read_text()))
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for name, kind in types.items():
+        raw = getattr(args, name)
+        if raw is None:
+            continue
+        values[name] = raw if kind in ("bool", "str") or name == "augment" else _number(name, raw)
+    return TrainConfig.from_dict(values)
+
+
+def _number(name: str, raw: str):
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError([f"--{name.replace('_', '-')} must be a number, got {raw!r}"]) from None
+    return int(value) if value.is_integer() and name not in ("lr", "width", "weight_decay", "momentum",
+                                                           "label_smoothing", "warmup_epochs") else value
+
+
+class ProgressPrinter:
+    """A one-line progress bar on stderr plus the report's epoch lines on stdout."""
+
+    def __init__(self, epochs: int, stream=sys.stderr, min_interval_s: float = 0.25):
+        self.epochs = epochs
+        self.stream = stream
+        self.min_interval_s = min_interval_s
+        self._last_write = 0.0
+
+    def __call__(self, event) -> None:
+        if isinstance(event, StepEvent):
+            if time.monotonic() - self._last_write < self.min_interval_s and event.step < event.total_steps:
+                return
+            self._last_write = time.monotonic()
+            frac = event.step / event.total_steps
+            bar = "#" * int(frac * 30)
+            eta = event.elapsed_s / max(frac, 1e-9) * (1 - frac)
+            self.stream.write(f"\repoch {event.epoch}/{self.epochs} [{bar:<30}] {frac:6.1%} "
+                              f"loss {event.loss:.4f} lr {event.lr:.3g} {event.images_per_s:,.0f} img/s "
+                              f"eta {eta:,.0f}s ")
+            self.stream.flush()
+        elif isinstance(event, EpochEvent):
+            self.stream.write("\r" + " " * 110 + "\r")
+            print(event.report_line(self.epochs), flush=True)
+        elif isinstance(event, EndEvent):
+            self.stream.write("\n")
+            print(f"{event.status}: {event.message} ({event.elapsed_s:.1f}s)", flush=True)
+
+
+def _resolve_model_path(spec: str | None, runs_dir: str) -> Path:
+    if spec is None:
+        return default_checkpoint()
+    path = Path(spec)
+    if path.is_file():
+        return path
+    try:
+        return RunDir(runs_dir, spec).checkpoint
+    except RunError:
+        raise checkpoints.CheckpointError(f"{spec} is neither a checkpoint file nor a run id") from None
+
+
+def _train(args, config: TrainConfig, run_dir: RunDir, resume: bool) -> int:
+    data = _load_data(args)
+    config.validate(len(data.train_images))
+    if not resume:
+        run_dir.create(config)
+    print(f"run {run_dir.run_id} in {run_dir.path} on {data.source}", flush=True)
+    stop = threading.Event()
+    try:
+        execute_run(run_dir, config, data, on_event=ProgressPrinter(config.epochs), stop=stop, resume=resume)
+    except KeyboardInterrupt:
+        stop.set()
+    status = run_dir.read_status()
+    return 0 if status.get("status") in ("finished", "stopped") else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            config = _config_from_args(args).validate()
+            return _train(args, config, RunDir(args.runs_dir, new_run_id(config.model)), resume=False)
+        if args.command == "resume":
+            run_dir = RunDir(args.runs_dir, args.run_id)
+            return _train(args, run_dir.read_config(), run_dir, resume=True)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "predict":
+            return _predict(args)
+        return _list_runs(args)
+    except (ConfigError, DataUnavailableError, checkpoints.CheckpointError, RunError, ImageError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args) -> int:
+    path = _resolve_model_path(args.model, args.runs_dir)
+    loaded = checkpoints.load_model(path)
+    data = _load_data(args)
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        sys.stderr.write(f"\revaluating {done}/{total}")
+        sys.stderr.flush()
+
+    result = evaluate(loaded, data.test_images, data.test_labels, flip_tta=args.tta, progress=progress)
+    sys.stderr.write("\n")
+    print(f"{path} on {data.source} test set ({time.perf_counter() - t0:.1f}s)")
+    print(result.summary())
+    print(result.confusion_text())
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "checkpoint": str(path), "accuracy": result.accuracy, "loss": result.loss, "flip_tta": args.tta,
+            "per_class_accuracy": dict(zip(result.classes, np.round(result.per_class_accuracy, 4).tolist())),
+            "confusion": result.confusion.tolist(), "classes": list(result.classes)}, indent=2))
+    return 0
+
+
+def _predict(args) -> int:
+    loaded = checkpoints.load_model(_resolve_model_path(args.model, args.runs_dir))
+    status = 0
+    for image in args.images:
+        try:
+            probs = predict(loaded, [image])[0]
+        except ImageError as exc:
+            print(f"{image}: error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_k(probs, loaded.classes, args.top))
+        print(f"{image}: {ranked}")
+    return status
+
+
+def _list_runs(args) -> int:
+    manager = RunManager(args.runs_dir, data_provider=lambda: synthetic_data(), abandon_after_s=None)
+    runs = manager.list_runs()
+    for run in runs:
+        best = f"best val_acc {run.best_val_acc:.4f}" if run.best_val_acc is not None else "no epoch yet"
+        print(f"{run.run_id}  {run.status:<11} {run.epochs_done} epochs, {best}")
+    if not runs:
+        print("no runs yet")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Checkpoints: written atomically, read without ever executing code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, saved with
+`torch.save` and read back with `torch.load(weights_only=True)`, which refuses any pickle that
+would import or call something. It carries everything inference needs: architecture name and
+arguments, class names, normalisation, and the metrics of the run that made it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Normalization
+from .models import build_model
+
+FORMAT = "cifarapp-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A file is not a usable cifarapp checkpoint."""
+
+
+def save_atomic(payload: dict, path: str | Path) -> None:
+    """Write `payload` to `path` through a temporary file in the same folder and a rename, so a
+    crash mid-write leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_payload(model: nn.Module, *, model_name: str, width: float, classes, normalization: Normalization,
+                 config: dict, metrics: list[dict], extra: dict | None = None) -> dict:
+    """The dict stored in a checkpoint file."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_name,
+        "width": float(width),
+        "classes": list(classes),
+        "normalization": normalization.to_dict(),
+        "config": config,
+        "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
+
+
+def read(path: str | Path) -> dict:
+    """Read a checkpoint dict safely (weights_only) and check that it is ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises many types for hostile or broken files
+        raise CheckpointError(f"{path.name} is not a loadable checkpoint (only plain weights files "
+                              f"are accepted): {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is not a cifarapp checkpoint")
+    return payload
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference with what it needs to preprocess input."""
+
+    model: nn.Module
+    model_name: str
+    classes: tuple[str, ...]
+    normalization: Normalization
+    meta: dict  # config, metrics and any other stored fields except the weights
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "LoadedModel":
+        try:
+            model = build_model(payload["model"], num_classes=len(payload["classes"]),
+                                width=payload.get("width", 1.0))
+            model.load_state_dict(payload["state_dict"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint does not match its architecture: {exc}") from exc
+        model.eval()
+        meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "rng")}
+        return cls(model, payload["model"], tuple(payload["classes"]),
+                   Normalization.from_dict(payload["normalization"]), meta)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a checkpoint file as an eval-mode model on the CPU."""
+    return LoadedModel.from_payload(read(path))
