@@ -69,7 +69,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tup
     mistakes = [Mistake(int(i), int(labels[i]), int(predicted[i]), float(confidence[i])) for i in worst]
     n = len(labels)
     return EvalResult(
-        accuracy=float((predicted == labels).float().mean()) if n else float("nan"),
+        accuracy=float(np.trace(confusion) / n) if n else float("nan"),
         loss=float(F.cross_entropy(logits, labels)) if n else float("nan"),
         per_class_accuracy=per_class, confusion=confusion, mistakes=mistakes, classes=classes,
         n_images=n, flip_tta=flip_tta)

@@ -1,0 +1,171 @@
+import hashlib
+import http.server
+import pickle
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import CIFAR10
+
+from cifarapp import data as D
+
+
+def _batch(rng, n):
+    return {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=n).tolist(), "batch_label": "fake"}
+
+
+@pytest.fixture
+def fake_archive(tmp_path):
+    """A tiny archive in the official python-version layout, and the md5s torchvision checks."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "src" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {f"data_batch_{i}": _batch(rng, 20) for i in range(1, 6)}
+    batches["test_batch"] = _batch(rng, 10)
+    batches["batches.meta"] = {"label_names": list(D.CIFAR10_CLASSES), "num_cases_per_batch": 20}
+    for name, content in batches.items():
+        (folder / name).write_bytes(pickle.dumps(content))
+    archive = tmp_path / "serve" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    md5 = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in batches}
+    return archive, md5, batches
+
+
+@pytest.fixture
+def local_server(fake_archive):
+    archive, _, _ = fake_archive
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(archive.parent), **kw)
+
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+
+
+def _point_torchvision_at(monkeypatch, url, fake_archive):
+    archive, md5, _ = fake_archive
+    monkeypatch.setattr(CIFAR10, "url", f"{url}/{archive.name}")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]})
+
+
+def test_download_path_fetches_converts_and_caches(tmp_path, monkeypatch, local_server, fake_archive):
+    url, requests = local_server
+    _point_torchvision_at(monkeypatch, url, fake_archive)
+    monkeypatch.delenv(D.DATA_ENV_VAR, raising=False)
+    data_dir = tmp_path / "data"
+    loaded = D.load_cifar10(data_dir=data_dir)
+    assert requests, "the archive should have been fetched from the local server"
+    assert loaded.train_images.shape == (100, 3, 32, 32) and loaded.test_images.shape == (10, 3, 32, 32)
+    assert loaded.classes == D.CIFAR10_CLASSES
+    _, _, batches = fake_archive
+    # image 0 of data_batch_1, pixel (row 0, col 1): red, green, blue planes of the flat row
+    flat = batches["data_batch_1"]["data"][0]
+    assert loaded.train_images[0, :, 0, 1].tolist() == [flat[1], flat[1024 + 1], flat[2048 + 1]]
+    assert loaded.train_labels[:20].tolist() == batches["data_batch_1"]["labels"]
+    assert (data_dir / D.CACHE_NAME).is_file()
+    n_requests = len(requests)
+    again = D.load_cifar10(data_dir=data_dir)
+    assert len(requests) == n_requests, "the second load must come from the cache"
+    assert torch.equal(again.train_images, loaded.train_images)
+    assert torch.equal(again.test_labels, loaded.test_labels)
+
+
+def test_failed_download_names_both_options(tmp_path, monkeypatch, local_server, fake_archive):
+    url, _ = local_server
+    _point_torchvision_at(monkeypatch, url + "/missing", fake_archive)
+    monkeypatch.delenv(D.DATA_ENV_VAR, raising=False)
+    with pytest.raises(D.DataUnavailableError) as err:
+        D.load_cifar10(data_dir=tmp_path / "data")
+    assert "--data" in str(err.value) and "download" in str(err.value)
+    with pytest.raises(D.DataUnavailableError, match="CIFARAPP_DATA"):
+        D.load_cifar10(data_dir=tmp_path / "data", download=False)
+
+
+def test_npz_and_env_variable(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(30, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, size=30).astype(np.uint8)
+    path = tmp_path / "c.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x[:5], y_test=y[:5], classes=np.array(D.CIFAR10_CLASSES))
+    monkeypatch.setenv(D.DATA_ENV_VAR, str(path))
+    loaded = D.load_cifar10()
+    assert loaded.train_images.shape == (30, 3, 32, 32)
+    assert loaded.train_images[3, 2, 5, 7] == x[3, 5, 7, 2]
+    assert loaded.train_labels.dtype == torch.int64 and loaded.train_labels.tolist() == y.tolist()
+    monkeypatch.setenv(D.DATA_ENV_VAR, str(tmp_path / "nope.npz"))
+    with pytest.raises(D.DataUnavailableError, match="neither an .npz"):
+        D.load_cifar10()
+
+
+def test_split_is_seeded_disjoint_and_subsettable():
+    a = D.split_train_val(1000, 100, seed=3)
+    b = D.split_train_val(1000, 100, seed=3)
+    c = D.split_train_val(1000, 100, seed=4)
+    assert torch.equal(a.val, b.val) and not torch.equal(a.val, c.val)
+    assert len(a.val) == 100 and len(a.train) == 900
+    assert not set(a.train.tolist()) & set(a.val.tolist())
+    assert len(D.split_train_val(1000, 100, seed=3, train_size=50).train) == 50
+
+
+def _batch_images(n=64):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, 32, 32, generator=g)
+
+
+@pytest.mark.parametrize("name", list(D.AUGMENTATIONS))
+def test_each_augmentation_keeps_shape_range_and_varies_per_image(name):
+    x = _batch_images()
+    out = D.augment_batch(x, (name,), torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= -1e-5 and out.max() <= 1 + 1e-5
+    changed = (out - x).abs().flatten(1).amax(1) > 1e-4
+    assert 0 < changed.sum() <= len(x)  # some images change; per-image draws, not one for all
+    again = D.augment_batch(x, (name,), torch.Generator().manual_seed(1))
+    assert torch.equal(out, again), "same generator seed must give the same batch"
+
+
+def test_crop_is_a_pure_translation():
+    x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32).repeat(8, 3, 1, 1) / 1024
+    out = D.random_crop(x, torch.Generator().manual_seed(0))
+    for img, src in zip(out, x):
+        # the centre 24x24 of the output must appear somewhere in the source unchanged
+        centre = img[0, 4:28, 4:28]
+        hits = [(dy, dx) for dy in range(9) for dx in range(9)
+                if torch.equal(src[0, dy:dy + 24, dx:dx + 24], centre)]
+        assert len(hits) == 1
+
+
+def test_flip_mirrors_exactly():
+    x = _batch_images(32)
+    out = D.random_flip(x, torch.Generator().manual_seed(0))
+    for img, src in zip(out, x):
+        assert torch.equal(img, src) or torch.equal(img, src.flip(2))
+
+
+def test_unknown_augmentation_is_refused():
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        D.validate_augmentations(["crop", "mixup"])
+
+
+def test_normalization_round_trip():
+    norm = D.Normalization()
+    assert D.Normalization.from_dict(norm.to_dict()) == norm
+    x = torch.full((1, 3, 2, 2), 0.5)
+    expected = (0.5 - norm.mean[1]) / norm.std[1]
+    assert torch.allclose(norm.apply(x)[0, 1], torch.full((2, 2), expected))

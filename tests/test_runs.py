@@ -1,0 +1,125 @@
+import json
+import os
+import time
+
+import pytest
+
+from cifarapp.runs import BusyError, RunDir, RunError, RunManager
+from cifarapp.train import ConfigError, TrainConfig
+
+SLOW = dict(model="lenet", epochs=50, batch_size=32, val_size=200)
+QUICK = dict(model="lenet", epochs=2, batch_size=64, val_size=200)
+
+
+def wait_for(predicate, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_run_files_and_snapshot(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data)
+    run_id = manager.start(TrainConfig(**QUICK), owner="alice")
+    snap = manager.wait(run_id, timeout=120)
+    assert snap.status == "finished" and len(snap.epochs) == 2 and snap.has_checkpoint
+    folder = runs_root / run_id
+    assert {"config.json", "metrics.csv", "log.txt", "status.json", "checkpoint.pt"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "config.json").read_text())["model"] == "lenet"
+    lines = (folder / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("kind,epoch,step") and lines[-1].startswith("end,")
+    assert "Epoch [2/2], train_loss:" in (folder / "log.txt").read_text()
+    # a fresh manager (say, after a restart) reads the same run from disk
+    disk = RunManager(runs_root, lambda: small_data).snapshot(run_id)
+    assert disk.status == "finished" and [e["val_acc"] for e in disk.epochs] == pytest.approx(
+        [e["val_acc"] for e in snap.epochs], abs=1e-5)
+    [summary] = manager.list_runs()
+    assert summary.run_id == run_id
+    assert summary.best_val_acc == pytest.approx(max(e["val_acc"] for e in disk.epochs), abs=1e-5)
+
+
+def test_one_trainer_at_a_time_and_owner_only_stop(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data)
+    run_id = manager.start(TrainConfig(**SLOW), owner="alice")
+    assert wait_for(lambda: manager.snapshot(run_id).steps)
+    with pytest.raises(BusyError, match="Busy: the trainer is training lenet"):
+        manager.start(TrainConfig(**QUICK), owner="bob")
+    assert manager.stop(run_id, owner="bob") is False
+    assert manager.snapshot(run_id).status == "running"
+    assert manager.stop(run_id, owner="alice") is True
+    snap = manager.wait(run_id, timeout=60)
+    assert snap.status == "stopped" and snap.has_checkpoint
+    # the trainer is free again
+    second = manager.start(TrainConfig(**QUICK), owner="bob")
+    assert manager.wait(second, timeout=120).status == "finished"
+
+
+def test_resume_a_stopped_run(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data)
+    run_id = manager.start(TrainConfig(**{**QUICK, "epochs": 4}), owner="a")
+    assert wait_for(lambda: len(manager.snapshot(run_id).epochs) >= 1)
+    manager.stop(run_id, "a")
+    stopped = manager.wait(run_id, timeout=60)
+    assert stopped.status == "stopped"
+    manager.start(None, owner="a", resume_run_id=run_id)
+    snap = manager.wait(run_id, timeout=120)
+    assert snap.status == "finished"
+    assert [e["epoch"] for e in snap.epochs][-1] == 4
+
+
+def test_invalid_config_starts_nothing(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data)
+    with pytest.raises(ConfigError):
+        manager.start({"lr": -1}, owner="a")
+    with pytest.raises(ConfigError, match="larger than"):
+        manager.start(TrainConfig(**{**QUICK, "batch_size": 4000}), owner="a")
+    assert list(runs_root.iterdir()) == []
+    assert manager.start(TrainConfig(**QUICK), owner="a")  # the trainer was not left busy
+
+
+def test_abandoned_run_is_stopped(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data, abandon_after_s=0.5)
+    run_id = manager.start(TrainConfig(**SLOW), owner="a")
+    snap = manager.wait(run_id, timeout=60)
+    assert snap.status == "stopped" and "nobody watched" in snap.message
+
+
+def test_failure_is_recorded_and_frees_the_trainer(small_data, runs_root, monkeypatch):
+    import cifarapp.train as train
+
+    def boom(*a, **kw):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    manager = RunManager(runs_root, lambda: small_data)
+    monkeypatch.setattr(train.F, "cross_entropy", boom)
+    run_id = manager.start(TrainConfig(**QUICK), owner="a")
+    snap = manager.wait(run_id, timeout=60)
+    monkeypatch.undo()
+    assert snap.status == "failed" and "lower the batch size" in snap.message
+    assert manager.wait(manager.start(TrainConfig(**QUICK), owner="a"), timeout=120).status == "finished"
+
+
+def test_running_status_left_by_a_dead_process_becomes_interrupted(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data)
+    run_dir = manager.run_dir("20260101-000000-lenet-abcdef")
+    run_dir.create(TrainConfig(**QUICK))
+    run_dir.write_status(status="running", pid=2**22 + 12345, started=time.time())
+    assert RunManager(runs_root, lambda: small_data).snapshot(run_dir.run_id).status == "interrupted"
+
+
+@pytest.mark.parametrize("bad", ["../etc", "..", "a/b", "/abs", "", ".hidden", "a\\..\\b", "x" * 200])
+def test_run_ids_cannot_escape_the_runs_folder(runs_root, bad):
+    with pytest.raises(RunError):
+        RunDir(runs_root, bad)
+
+
+def test_delete(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data)
+    run_id = manager.start(TrainConfig(**QUICK), owner="a")
+    manager.wait(run_id, timeout=120)
+    manager.delete(run_id)
+    assert not (runs_root / run_id).exists()
+    with pytest.raises(RunError):
+        manager.delete(run_id)

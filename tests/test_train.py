@@ -1,0 +1,134 @@
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from cifarapp import checkpoints
+from cifarapp.predict import predict_pixels
+from cifarapp.train import ConfigError, EpochEvent, StepEvent, TrainConfig, fit, lr_factor
+
+QUICK = dict(model="lenet", epochs=3, batch_size=64, val_size=200, lr=0.002)
+
+
+def test_short_run_learns_well_above_chance(small_data):
+    events = []
+    result = fit(TrainConfig(**QUICK), small_data, on_event=events.append)
+    assert result.status == "finished"
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert epochs[-1].val_acc > 0.6  # chance is 0.1
+    assert epochs[-1].train_loss < epochs[0].train_loss
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert steps[-1].step == steps[-1].total_steps == 3 * math.ceil(1800 / 64)
+    assert all(s.images_per_s > 0 and s.lr == pytest.approx(0.002) for s in steps)
+    assert "Epoch [3/3], train_loss:" in epochs[-1].report_line(3)
+
+
+def test_same_seed_gives_the_same_numbers_on_cpu(small_data):
+    cfg = TrainConfig(**{**QUICK, "epochs": 1, "augment": ("crop", "flip", "cutout")})
+    a, b = [], []
+    fit(cfg, small_data, on_event=a.append)
+    fit(cfg, small_data, on_event=b.append)
+    assert [e.loss for e in a if e.kind == "step"] == [e.loss for e in b if e.kind == "step"]
+    assert a[-1].val_acc == b[-1].val_acc
+
+
+def test_stop_mid_run_keeps_a_usable_model(small_data, tmp_path):
+    stop = threading.Event()
+
+    def on_event(event):
+        if isinstance(event, StepEvent) and event.step >= 10:
+            stop.set()
+
+    ckpt = tmp_path / "c.pt"
+    result = fit(TrainConfig(**QUICK), small_data, on_event=on_event, stop=stop, checkpoint_path=ckpt)
+    assert result.status == "stopped" and result.epochs_done == 0
+    loaded = checkpoints.load_model(ckpt)
+    probs = predict_pixels(loaded, small_data.test_images[:8].permute(0, 2, 3, 1).numpy())
+    assert probs.shape == (8, 10) and np.allclose(probs.sum(1), 1, atol=1e-3)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 50.0), ("adam", 1.0)])
+def test_absurd_learning_rate_ends_as_diverged(small_data, tmp_path, optimizer, lr):
+    ckpt = tmp_path / "c.pt"
+    result = fit(TrainConfig(**{**QUICK, "optimizer": optimizer, "lr": lr}), small_data, checkpoint_path=ckpt)
+    assert result.status == "diverged"
+    assert "learning rate" in result.message and "too high" in result.message
+    assert not ckpt.exists(), "a diverged epoch must not overwrite the last good checkpoint"
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(small_data, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    result = fit(TrainConfig(**{**QUICK, "epochs": 1, "model": "lenet_bn"}), small_data, checkpoint_path=ckpt)
+    pixels = small_data.test_images[:50].permute(0, 2, 3, 1).numpy()
+    loaded = checkpoints.load_model(ckpt)
+    direct = checkpoints.LoadedModel(result.model.cpu(), "lenet_bn", small_data.classes, loaded.normalization, {})
+    assert np.array_equal(predict_pixels(loaded, pixels), predict_pixels(direct, pixels))
+    assert loaded.classes == small_data.classes
+    assert loaded.meta["config"]["model"] == "lenet_bn"
+    assert len(loaded.meta["metrics"]) == 1 and "val_acc" in loaded.meta["metrics"][0]
+
+
+def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path):
+    cfg = TrainConfig(**{**QUICK, "schedule": "onecycle", "augment": ("crop", "flip")})
+    full = fit(cfg, small_data)
+    stop = threading.Event()
+
+    def on_event(event):
+        if isinstance(event, EpochEvent) and event.epoch == 2:
+            stop.set()
+
+    ckpt = tmp_path / "c.pt"
+    part = fit(cfg, small_data, on_event=on_event, stop=stop, checkpoint_path=ckpt)
+    assert part.status == "stopped" and part.epochs_done == 2
+    resumed_events = []
+    resumed = fit(cfg, small_data, checkpoint_path=ckpt, resume_from=checkpoints.read(ckpt),
+                  on_event=resumed_events.append)
+    assert resumed.status == "finished"
+    assert [e.epoch for e in resumed_events if e.kind == "epoch"] == [3]
+    steps = [e for e in resumed_events if e.kind == "step"]
+    assert steps[0].lr < cfg.lr * 0.4, "the one-cycle schedule continues in its last third"
+    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_lr_schedules():
+    assert lr_factor("constant", 50, 100, 0) == 1
+    assert lr_factor("onecycle", 0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor("onecycle", 10, 100, 10) == 1
+    assert lr_factor("onecycle", 55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor("cosine", 10, 110, 10) == 1
+    assert lr_factor("cosine", 60, 110, 10) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("values,fragment", [
+    ({"lr": -0.1}, "learning rate"),
+    ({"lr": float("nan")}, "finite"),
+    ({"epochs": 0}, "epochs"),
+    ({"model": "vgg"}, "unknown model"),
+    ({"optimizer": "rmsprop"}, "unknown optimizer"),
+    ({"batch_size": 1}, "batch size"),
+    ({"epochs": "ten"}, "whole number"),
+    ({"augment": ["crop", "mixup"]}, "unknown augmentation"),
+    ({"nesterov": True, "optimizer": "adam"}, "nesterov"),
+    ({"label_smoothing": 1.0}, "label smoothing"),
+    ({"colour": 1}, "unknown setting"),
+    ({"device": "tpu"}, "unknown device"),
+])
+def test_config_validation_messages(values, fragment):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict(values).validate()
+    assert fragment in str(err.value)
+
+
+def test_batch_larger_than_data_is_refused(small_data):
+    with pytest.raises(ConfigError, match="larger than the"):
+        fit(TrainConfig(**{**QUICK, "train_size": 100, "batch_size": 128}), small_data)
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = TrainConfig(model="fastnet", width=0.5, augment=("crop", "flip"), train_size=1000)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
