@@ -94,7 +94,7 @@ class LoadedModel:
             model.load_state_dict(payload["state_dict"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint does not match its architecture: {exc}") from exc
-        model.eval()
+        model.eval().to(memory_format=torch.channels_last)
         meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "rng")}
         return cls(model, payload["model"], tuple(payload["classes"]),
                    Normalization.from_dict(payload["normalization"]), meta)

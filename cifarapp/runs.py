@@ -131,7 +131,7 @@ def failure_message(exc: BaseException) -> str:
 
 def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
                 on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
-                resume: bool = False) -> FitResult | None:
+                resume: bool = False, owner: str | None = None) -> FitResult | None:
     """Train one run in this thread, recording everything in `run_dir` (already created).
     Returns the fit result, or None when it failed (status.json says why)."""
     started = time.time()
@@ -144,7 +144,7 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
         if on_event is not None:
             on_event(event)
 
-    run_dir.write_status(status="running", pid=os.getpid(), started=started, message="")
+    run_dir.write_status(status="running", pid=os.getpid(), started=started, message="", owner=owner)
     run_dir.append_log(f"{'resumed' if resume else 'started'} {time.strftime('%Y-%m-%d %H:%M:%S')} "
                        f"on {data.source}: {json.dumps(config.to_dict())}")
     result, status, message = None, "failed", ""
@@ -157,7 +157,7 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
     end = EndEvent(run_dir.run_id, status, message, time.time() - started)
     for action in (lambda: record(end), lambda: run_dir.append_log(f"{status}: {message}"),
                    lambda: run_dir.write_status(status=status, pid=os.getpid(), started=started,
-                                                ended=time.time(), message=message)):
+                                                ended=time.time(), message=message, owner=owner)):
         try:
             action()
         except OSError:
@@ -340,7 +340,8 @@ class RunManager:
             for row in live.run_dir.read_events():
                 (live.steps if row.get("kind") == "step" else live.epochs if row.get("kind") == "epoch"
                  else []).append(row)
-        execute_run(live.run_dir, live.config, data, on_event=on_event, stop=live.stop, resume=resume)
+        execute_run(live.run_dir, live.config, data, on_event=on_event, stop=live.stop, resume=resume,
+                    owner=live.owner)
         status = live.run_dir.read_status()
         with self._lock:
             live.status = status.get("status", "failed")
@@ -348,6 +349,12 @@ class RunManager:
             live.log.append(f"{live.status}: {live.message}")
             live.ended = time.time()
             live.version += 1
+
+    def latest_run_of(self, owner: str) -> str | None:
+        """The id of the owner's most recently started run in this process, if any."""
+        with self._lock:
+            mine = [r for r in self._live.values() if r.owner == owner]
+        return max(mine, key=lambda r: r.started).run_dir.run_id if mine else None
 
     def stop(self, run_id: str, owner: str) -> bool:
         """Ask the owner's run to stop at its next step. Returns False if it is not theirs or not running."""
@@ -389,7 +396,7 @@ class RunManager:
         steps = [e for e in events if e.get("kind") == "step"]
         epochs = [e for e in events if e.get("kind") == "epoch"]
         log = "\n".join(line for line in run_dir.read_log().splitlines() if line.startswith("Epoch ["))
-        return RunSnapshot(run_dir.run_id, None, status.get("status", "unknown"), status.get("message", ""),
+        return RunSnapshot(run_dir.run_id, status.get("owner"), status.get("status", "unknown"), status.get("message", ""),
                            json.loads((run_dir.path / "config.json").read_text()), steps, epochs, log,
                            len(events), status.get("started"), status.get("ended"), run_dir.checkpoint.is_file())
 
@@ -414,9 +421,12 @@ class RunManager:
         run_dir = self.run_dir(run_id)
         (run_dir.path / "evaluation.json").write_text(json.dumps(summary, indent=2))
 
-    def delete(self, run_id: str) -> None:
-        """Remove a run's folder. A run that is still training cannot be deleted."""
+    def delete(self, run_id: str, requester: str | None = None) -> None:
+        """Remove a run's folder. A run that is still training cannot be deleted; with a
+        `requester`, only their own runs (or runs made outside the app, with no owner) can."""
         run_dir = self.run_dir(run_id)
+        if requester is not None and run_dir.read_status().get("owner") not in (None, requester):
+            raise RunError(f"run {run_id} belongs to another session; it can only be deleted by its owner")
         with self._lock:
             live = self._live.get(run_id)
             if live is not None and live.ended is None:

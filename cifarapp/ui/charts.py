@@ -1,0 +1,100 @@
+"""Turn run snapshots and evaluation results into plot data (pandas frames, matplotlib figures)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..runs import RunSnapshot
+
+MAX_STEP_POINTS = 1500
+
+
+def _steps_per_epoch(snap: RunSnapshot) -> float:
+    last = snap.last_step
+    epochs = snap.config.get("epochs") or 1
+    return (last["total_steps"] / epochs) if last else 1.0
+
+
+def loss_frame(snap: RunSnapshot) -> pd.DataFrame:
+    """Long-format frame (epoch, loss, series): per-step raw and smoothed train loss, per-epoch
+    train and val loss, all on one axis in epochs."""
+    rows = []
+    if snap.steps:
+        per_epoch = _steps_per_epoch(snap)
+        steps = pd.DataFrame(snap.steps)
+        steps = steps[np.isfinite(steps["loss"])]
+        x = steps["step"] / per_epoch
+        smooth = steps["loss"].ewm(alpha=0.15).mean()
+        stride = max(1, len(steps) // MAX_STEP_POINTS)
+        rows.append(pd.DataFrame({"epoch": x, "loss": steps["loss"], "series": "train (per step)"}).iloc[::stride])
+        rows.append(pd.DataFrame({"epoch": x, "loss": smooth, "series": "train (smoothed)"}).iloc[::stride])
+    if snap.epochs:
+        epochs = pd.DataFrame(snap.epochs)
+        rows.append(pd.DataFrame({"epoch": epochs["epoch"], "loss": epochs["train_loss"], "series": "train (epoch)"}))
+        rows.append(pd.DataFrame({"epoch": epochs["epoch"], "loss": epochs["val_loss"], "series": "val (epoch)"}))
+    if not rows:
+        return pd.DataFrame({"epoch": pd.Series(dtype=float), "loss": pd.Series(dtype=float),
+                             "series": pd.Series(dtype=str)})
+    return pd.concat(rows, ignore_index=True).dropna()
+
+
+def accuracy_frame(snap: RunSnapshot) -> pd.DataFrame:
+    """Long-format frame (epoch, accuracy, series): val accuracy and (augmented) train accuracy."""
+    if not snap.epochs:
+        return pd.DataFrame({"epoch": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float),
+                             "series": pd.Series(dtype=str)})
+    epochs = pd.DataFrame(snap.epochs)
+    frames = [pd.DataFrame({"epoch": epochs["epoch"], "accuracy": epochs["val_acc"], "series": "val"})]
+    if "train_acc" in epochs:
+        frames.append(pd.DataFrame({"epoch": epochs["epoch"], "accuracy": epochs["train_acc"],
+                                    "series": "train (augmented, during the epoch)"}))
+    return pd.concat(frames, ignore_index=True).dropna()
+
+
+def overlay_frames(snaps: list[RunSnapshot]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-epoch val loss and val accuracy of several runs, coloured by run."""
+    loss, acc = [], []
+    for snap in snaps:
+        for e in snap.epochs:
+            label = f"{snap.run_id} ({snap.config.get('model', '?')})"
+            loss.append({"epoch": e["epoch"], "loss": e.get("val_loss"), "run": label, "split": "val"})
+            loss.append({"epoch": e["epoch"], "loss": e.get("train_loss"), "run": label, "split": "train"})
+            acc.append({"epoch": e["epoch"], "accuracy": e.get("val_acc"), "run": label})
+    loss_df = pd.DataFrame(loss, columns=["epoch", "loss", "run", "split"]).dropna()
+    acc_df = pd.DataFrame(acc, columns=["epoch", "accuracy", "run"]).dropna()
+    return loss_df, acc_df
+
+
+def confusion_figure(confusion: np.ndarray, classes) -> Figure:
+    """A labelled heatmap with the count in every cell (rows = true class)."""
+    fig = Figure(figsize=(7.5, 6.5), dpi=100)
+    ax = fig.add_subplot()
+    row_share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    im = ax.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), labels=classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), labels=classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for i in range(confusion.shape[0]):
+        for j in range(confusion.shape[1]):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if row_share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def upscale(image_hwc: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Nearest-neighbour enlargement, so a 32x32 image is visible as the model sees it."""
+    return np.repeat(np.repeat(image_hwc, factor, axis=0), factor, axis=1)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

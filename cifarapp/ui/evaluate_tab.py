@@ -1,0 +1,55 @@
+"""Evaluate tab: accuracy, per-class accuracy, confusion matrix and the most confident mistakes."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ..catalog import RUN_PREFIX
+from ..checkpoints import CheckpointError
+from ..evaluate import evaluate
+from . import charts
+from .context import AppContext
+from .widgets import model_picker
+
+
+def build(ctx: AppContext, tab: gr.Tab) -> None:
+    """Lay out the Evaluate tab inside `tab`."""
+    with gr.Row():
+        model = model_picker(ctx, tab)
+        tta = gr.Checkbox(False, label="Flip test-time augmentation", scale=1)
+        run = gr.Button("Evaluate", variant="primary", scale=1)
+    note = gr.Markdown("")
+    summary = gr.Markdown("", elem_id="eval-summary")
+    with gr.Row():
+        per_class = gr.Dataframe(headers=["class", "accuracy", "images"], label="Per-class accuracy", scale=1)
+        bars = gr.BarPlot(pd.DataFrame({"class": [], "accuracy": []}), x="class", y="accuracy",
+                          y_lim=[0, 1], label="Per-class accuracy", scale=2, sort=None)
+    confusion = gr.Plot(label="Confusion matrix (rows: true class; colour: share of the row)")
+    mistakes = gr.Gallery(label="Most confident mistakes", columns=8, height="auto", object_fit="contain")
+
+    def run_eval(key: str, flip: bool, progress=gr.Progress()):
+        try:
+            loaded = ctx.catalog.load(key)
+        except (CheckpointError, OSError) as exc:
+            raise gr.Error(str(exc))
+        eval_set = ctx.eval_set()
+        if len(loaded.classes) != 10 or int(eval_set.labels.max()) >= len(loaded.classes):
+            raise gr.Error("This model's classes do not match the evaluation images.")
+        progress(0, desc="Evaluating")
+        result = evaluate(loaded, eval_set.images, eval_set.labels, flip_tta=flip,
+                          progress=lambda done, total: progress(done / total, desc="Evaluating"))
+        if key.startswith(RUN_PREFIX) and eval_set.note.startswith("the full test set"):
+            ctx.manager.record_evaluation(key[len(RUN_PREFIX):], {"accuracy": result.accuracy, "flip_tta": flip})
+        table = pd.DataFrame({"class": list(result.classes), "accuracy": result.per_class_accuracy.round(4),
+                              "images": result.confusion.sum(1)})
+        gallery = [(charts.upscale(eval_set.images[m.index].permute(1, 2, 0).numpy()),
+                    f"true {result.classes[m.true]} → {result.classes[m.predicted]} ({m.confidence:.0%})")
+                   for m in result.mistakes]
+        head = (f"### Accuracy {result.accuracy:.2%}\n{result.n_images:,} images · loss {result.loss:.4f}"
+                f"{' · flip TTA' if flip else ''}")
+        return (f"Evaluated on {eval_set.note}.", head, table, table[["class", "accuracy"]],
+                charts.confusion_figure(result.confusion, result.classes), gallery)
+
+    run.click(run_eval, [model, tta], [note, summary, per_class, bars, confusion, mistakes], api_name="evaluate",
+              concurrency_limit=2, concurrency_id="evaluate")

@@ -1,0 +1,265 @@
+"""Train tab: the form, presets, Start/Stop, and live plots polled from the run manager."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from ..data import AUGMENTATIONS
+from ..inference import DEVICES, PRECISIONS
+from ..models import MODELS, build_model, parameter_count
+from ..presets import PRESETS
+from ..runs import BusyError, RunError, RunSnapshot
+from ..train import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
+from . import charts
+from .context import AppContext, device_summary
+
+STATUS_ICONS = {"running": "🟢", "starting": "🟡", "finished": "✅", "stopped": "⏹️", "diverged": "⚠️",
+                "failed": "❌", "interrupted": "⏸️"}
+CONFIG_DIR = Path(tempfile.gettempdir()) / "cifarapp-configs"
+
+
+def owner_of(token: str | None, request: gr.Request | None) -> str:
+    """The browser's stored token, or the Gradio session for API clients without one."""
+    if token:
+        return str(token)
+    return f"session-{request.session_hash}" if request is not None and request.session_hash else "anonymous"
+
+
+def form_to_config(values: dict) -> TrainConfig:
+    """Form values by field name -> a validated TrainConfig; ConfigError lists what is wrong."""
+    d = dict(values)
+    if d.get("train_size") in (0, None, ""):
+        d["train_size"] = None
+    d["augment"] = list(d.get("augment") or [])
+    return TrainConfig.from_dict(d).validate()
+
+
+def config_to_form(config: TrainConfig, fields: list[str]) -> list:
+    d = config.to_dict()
+    d["train_size"] = d["train_size"] or 0
+    return [d[f] for f in fields]
+
+
+def cli_command(config: TrainConfig, data_flag: str | None) -> str:
+    """The `python -m cifarapp train ...` command equivalent to a config."""
+    default = TrainConfig()
+    parts = ["python", "-m", "cifarapp", "train"]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            parts += [flag, ",".join(value)]
+        else:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if data_flag:
+        parts += ["--data", data_flag]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def status_markdown(snap: RunSnapshot) -> str:
+    icon = STATUS_ICONS.get(snap.status, "•")
+    cfg = snap.config
+    head = f"{icon} **{snap.status}** · run `{snap.run_id}` · {cfg.get('model')} · {cfg.get('optimizer')} lr {cfg.get('lr')}"
+    if snap.message and snap.status != "running":
+        head += f"\n\n{snap.message}"
+    return head
+
+
+def progress_html(snap: RunSnapshot) -> str:
+    last = snap.last_step
+    epochs = snap.config.get("epochs", 0)
+    if last is None:
+        return "<div class='cf-progress'>waiting for the first steps…</div>"
+    frac = last["step"] / max(last["total_steps"], 1)
+    remaining = last["elapsed_s"] / max(frac, 1e-9) * (1 - frac) if snap.status == "running" else 0
+    return (f"<div class='cf-progress'><progress value='{frac:.4f}' max='1'></progress>"
+            f"<span>epoch {last['epoch']}/{epochs} · step {last['step']:,}/{last['total_steps']:,} · "
+            f"{last['images_per_s']:,.0f} img/s · elapsed {charts.format_duration(last['elapsed_s'])} · "
+            f"remaining {charts.format_duration(remaining)}</span></div>")
+
+
+@dataclass
+class TrainTab:
+    fields: list[str]
+    inputs: list  # form components, in `fields` order
+    run_id: gr.State
+
+
+def build(ctx: AppContext, owner: gr.BrowserState) -> TrainTab:
+    """Lay out the Train tab and wire its events."""
+    param_counts = {name: parameter_count(build_model(name)) for name in MODELS}
+    data_flag = ctx.data_settings.data
+
+    def model_info(name: str) -> str:
+        spec = MODELS.get(name)
+        return f"{spec.description} · **{param_counts[name]:,} parameters**" if spec else ""
+
+    default = PRESETS["report_lenet"].config
+    gr.Markdown(f"Training data: {ctx.data_settings.describe()}. Device on *auto*: **{device_summary()}**.")
+    with gr.Row():
+        preset = gr.Dropdown([(p.title, p.name) for p in PRESETS.values()], value="report_lenet",
+                             label="Preset", scale=2)
+        preset_note = gr.Markdown(PRESETS["report_lenet"].report_finding)
+    with gr.Row():
+        model = gr.Dropdown(list(MODELS), value=default.model, label="Model", scale=1)
+        model_note = gr.Markdown(model_info(default.model))
+    with gr.Row():
+        optimizer = gr.Radio(list(OPTIMIZERS), value=default.optimizer, label="Optimizer")
+        lr = gr.Number(default.lr, label="Learning rate", minimum=0)
+        epochs = gr.Number(default.epochs, label="Epochs", precision=0, minimum=1)
+        batch_size = gr.Number(default.batch_size, label="Batch size", precision=0, minimum=2)
+    with gr.Row():
+        schedule = gr.Dropdown(list(SCHEDULES), value=default.schedule, label="LR schedule")
+        warmup = gr.Number(default.warmup_epochs, label="Warm-up epochs", minimum=0)
+        smoothing = gr.Number(default.label_smoothing, label="Label smoothing", minimum=0, maximum=0.99)
+        weight_decay = gr.Number(default.weight_decay, label="Weight decay", minimum=0)
+    augment = gr.CheckboxGroup([(f"{k}: {v}", k) for k, v in AUGMENTATIONS.items()], value=list(default.augment),
+                               label="Augmentation (on the training device, per image)")
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            momentum = gr.Number(default.momentum, label="Momentum (sgd)", minimum=0, maximum=0.999)
+            nesterov = gr.Checkbox(default.nesterov, label="Nesterov (sgd)")
+            width = gr.Number(default.width, label="Width multiplier (fastnet)", minimum=0.05, maximum=8)
+        with gr.Row():
+            train_size = gr.Number(0, label="Training subset size (0 = all)", precision=0, minimum=0)
+            val_size = gr.Number(default.val_size, label="Validation images", precision=0, minimum=0)
+            seed = gr.Number(default.seed, label="Seed", precision=0, minimum=0)
+        with gr.Row():
+            device = gr.Dropdown(list(DEVICES), value=default.device, label="Device")
+            precision = gr.Dropdown(list(PRECISIONS), value=default.precision, label="Precision")
+    with gr.Accordion("Config file and CLI", open=False):
+        cli_box = gr.Code(cli_command(default, data_flag), language="shell", label="Equivalent CLI command")
+        with gr.Row():
+            save_config = gr.DownloadButton("Save config (JSON)")
+            load_config = gr.UploadButton("Load config", file_types=[".json"])
+
+    form = {"model": model, "width": width, "optimizer": optimizer, "lr": lr, "momentum": momentum,
+            "nesterov": nesterov, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
+            "schedule": schedule, "warmup_epochs": warmup, "label_smoothing": smoothing, "augment": augment,
+            "seed": seed, "device": device, "precision": precision, "train_size": train_size,
+            "val_size": val_size}
+    fields, inputs = list(form), list(form.values())
+
+    def form_values(data: dict) -> dict:
+        """Gradio passes a set of inputs as {component: value}; key it by config field instead."""
+        return {name: data[component] for name, component in form.items()}
+
+    with gr.Row():
+        start_btn = gr.Button("Start training", variant="primary")
+        stop_btn = gr.Button("Stop", variant="stop", interactive=False)
+        download = gr.DownloadButton("Download checkpoint", interactive=False)
+    status = gr.Markdown("No run yet. Pick a preset or set the form, then press **Start training**.",
+                         elem_id="train-status")
+    progress = gr.HTML("", elem_id="train-progress")
+    with gr.Row():
+        loss_plot = gr.LinePlot(charts.loss_frame(_EMPTY), x="epoch", y="loss", color="series",
+                                label="Loss", x_title="epoch", height=320, elem_id="loss-plot")
+        acc_plot = gr.LinePlot(charts.accuracy_frame(_EMPTY), x="epoch", y="accuracy", color="series",
+                               label="Accuracy", x_title="epoch", y_lim=[0, 1], height=320, elem_id="acc-plot")
+    log = gr.Textbox(label="Epoch log (the report's format)", lines=6, max_lines=20, autoscroll=True)
+    run_id = gr.State(None)
+    seen = gr.State(None)
+    timer = gr.Timer(1.0)
+
+    def apply_preset(name: str):
+        p = PRESETS.get(name)
+        if p is None:
+            return [gr.skip()] * (len(inputs) + 1)
+        return [p.report_finding, *config_to_form(p.config, fields)]
+
+    preset.change(apply_preset, preset, [preset_note, *inputs], show_progress="hidden")
+    model.change(model_info, model, model_note, show_progress="hidden")
+
+    def show_cli(data: dict):
+        try:
+            return cli_command(form_to_config(form_values(data)), data_flag)
+        except ConfigError as exc:
+            return f"# not a valid configuration: {exc}"
+
+    gr.on([c.change for c in inputs], show_cli, set(inputs), cli_box, show_progress="hidden", queue=False)
+
+    def save(data: dict):
+        try:
+            config = form_to_config(form_values(data))
+        except ConfigError as exc:
+            raise gr.Error(f"Fix the form first: {exc}")
+        text = json.dumps(config.to_dict(), indent=2)
+        CONFIG_DIR.mkdir(exist_ok=True)
+        path = CONFIG_DIR / f"cifarapp-config-{config.model}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
+        path.write_text(text)
+        return str(path)
+
+    save_config.click(save, set(inputs), save_config)
+
+    def load(file):
+        try:
+            values = json.loads(Path(file).read_text())
+            config = TrainConfig.from_dict(values).validate()
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+            raise gr.Error(f"That file is not a cifarapp config: {exc}")
+        return config_to_form(config, fields)
+
+    load_config.upload(load, load_config, inputs)
+
+    def start(request: gr.Request, token, *values):
+        who = owner_of(token, request)
+        try:
+            config = form_to_config(dict(zip(fields, values)))
+            new_id = ctx.manager.start(config, who)
+        except (ConfigError, BusyError, RunError) as exc:
+            return gr.skip(), f"❌ **Not started.** {exc}"
+        except Exception as exc:  # data loading: download failures, missing files
+            return gr.skip(), f"❌ **Not started.** Could not load the training data: {exc}"
+        return new_id, f"🟡 **starting** run `{new_id}`…"
+
+    start_btn.click(start, [owner, *inputs], [run_id, status], api_name="start", concurrency_limit=4,
+                    concurrency_id="train-control")
+
+    def stop(token, current, request: gr.Request):
+        who = owner_of(token, request)
+        if current and ctx.manager.stop(current, who):
+            return "⏹️ stopping at the next step…"
+        return "Nothing of yours is running."
+
+    stop_btn.click(stop, [owner, run_id], status, api_name="stop", concurrency_limit=4,
+                   concurrency_id="train-control")
+
+    def poll(token, current, last_seen, request: gr.Request):
+        who = owner_of(token, request)
+        current = current or ctx.manager.latest_run_of(who)
+        if not current:
+            return [gr.skip()] * 11
+        try:
+            snap = ctx.manager.snapshot(current, viewer=who)
+        except RunError:
+            return [gr.skip()] * 11
+        key = [current, snap.version, snap.status]
+        if key == last_seen:
+            return [gr.skip()] * 11
+        running = snap.ended is None and snap.status in ("running", "starting")
+        ckpt = str(ctx.manager.run_dir(current).checkpoint) if snap.has_checkpoint and not running else None
+        return (current, key, charts.loss_frame(snap), charts.accuracy_frame(snap), progress_html(snap),
+                status_markdown(snap), snap.log,
+                gr.DownloadButton(value=ckpt, interactive=ckpt is not None),
+                gr.Button(interactive=not running), gr.Button(interactive=running), snap.status)
+
+    run_status = gr.Textbox(visible=False, elem_id="run-status-value")
+    timer.tick(poll, [owner, run_id, seen],
+               [run_id, seen, loss_plot, acc_plot, progress, status, log, download, start_btn, stop_btn, run_status],
+               show_progress="hidden", api_name="poll", concurrency_limit=None)
+    return TrainTab(fields, inputs, run_id)
+
+
+_EMPTY = RunSnapshot("", None, "none", "", {}, [], [], "", 0)

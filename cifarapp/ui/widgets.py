@@ -1,0 +1,24 @@
+"""Widgets used by more than one tab."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .context import AppContext
+
+
+def model_picker(ctx: AppContext, tab: gr.Tab) -> gr.Dropdown:
+    """A model dropdown (shipped weights and runs) with a refresh button; it also refreshes when
+    `tab` is opened, so a run that just ended is selectable without a restart."""
+    dropdown = gr.Dropdown(ctx.catalog.choices(), value=ctx.catalog.default_key(), label="Model", scale=3,
+                           allow_custom_value=True)
+    refresh = gr.Button("↻ Refresh list", scale=0)
+
+    def refreshed(current):
+        choices = ctx.catalog.choices()
+        keys = [k for _, k in choices]
+        return gr.Dropdown(choices=choices, value=current if current in keys else (keys[0] if keys else None))
+
+    refresh.click(refreshed, dropdown, dropdown, api_name=False, queue=False)
+    tab.select(refreshed, dropdown, dropdown, api_name=False, queue=False)
+    return dropdown

@@ -1,0 +1,93 @@
+"""The app over its HTTP API with gradio_client: two sessions, start/refuse/stop, evaluate, predict."""
+
+import time
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from cifarapp.presets import PRESETS
+from cifarapp.ui.train_tab import config_to_form
+
+FIELDS = ["model", "width", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "epochs", "batch_size",
+          "schedule", "warmup_epochs", "label_smoothing", "augment", "seed", "device", "precision", "train_size",
+          "val_size"]
+
+
+def form(**overrides):
+    config = PRESETS["report_lenet"].config
+    values = dict(zip(FIELDS, config_to_form(config, FIELDS)))
+    values.update(val_size=200, **overrides)
+    return [values[f] for f in FIELDS]
+
+
+def poll_until(client, token, done, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = client.predict(token, api_name="/poll")
+        if done(out):
+            return out
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; last poll: {out[3]}")
+
+
+def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
+    url, runs = app_server
+    alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+
+    status = alice.predict("alice", *form(epochs=200, batch_size=32), api_name="/start")
+    assert "starting" in status
+    out = poll_until(alice, "alice", lambda o: o[-1] == "running" and "img/s" in o[2])
+    assert "img/s" in out[2] and "epoch 1/200" in out[2]
+
+    refused = bob.predict("bob", *form(epochs=1), api_name="/start")
+    assert "Not started" in refused and "Busy" in refused and "lenet" in refused
+    assert "Nothing of yours" in bob.predict("bob", api_name="/stop")
+    assert alice.predict("alice", api_name="/poll")[-1] == "running"
+
+    assert "stopping" in alice.predict("alice", api_name="/stop")
+    out = poll_until(alice, "alice", lambda o: o[-1] == "stopped")
+    assert "stopped" in out[3]
+
+    status = alice.predict("alice", *form(epochs=3), api_name="/start")
+    run_id = status.split("`")[1]
+    out = poll_until(alice, "alice", lambda o: o[-1] == "finished")
+    assert "Epoch [3/3]" in out[4]
+    loss = out[0]["data"]
+    assert len(loss) > 10, "the loss plot has points"
+    assert (runs / run_id / "checkpoint.pt").is_file()
+
+    ev = bob.predict(f"run:{run_id}", False, api_name="/evaluate")
+    accuracy = float(ev[1].split("Accuracy ")[1].split("%")[0]) / 100
+    assert accuracy > 0.5  # chance is 0.1 on the synthetic shapes
+    assert "synthetic" in ev[0]
+
+    image = tmp_path / "shape.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(image)
+    label, seen, message = bob.predict(f"run:{run_id}", handle_file(str(image)), 3, api_name="/predict")
+    assert label["label"] in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    confidences = [c["confidence"] for c in label["confidences"]]
+    assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1.001
+    assert message == ""
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    rows, message = bob.predict(f"run:{run_id}", [handle_file(str(image)), handle_file(str(bad))], 3,
+                                api_name="/predict_files")
+    assert len(rows["data"]) == 1 and "bad.png" in message
+
+
+def test_invalid_settings_start_nothing(app_server):
+    url, runs = app_server
+    client = Client(url, verbose=False)
+    before = set(runs.iterdir()) if runs.exists() else set()
+    for bad in [dict(lr=-1), dict(epochs=0), dict(batch_size=10**9), dict(lr=1e9),
+                dict(model="vgg"), dict(augment=["mixup"])]:
+        try:
+            status = client.predict("carol", *form(**bad), api_name="/start")
+        except AppError as exc:  # Gradio's own range check of the component refused it
+            status = f"Not started: {exc}"
+        assert "Not started" in status, bad
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before
