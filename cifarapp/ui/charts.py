@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gradio as gr
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -17,7 +18,11 @@ def _steps_per_epoch(snap: RunSnapshot) -> float:
     return (last["total_steps"] / epochs) if last else 1.0
 
 
-def loss_frame(snap: RunSnapshot) -> pd.DataFrame:
+# The frame builders return None when there is nothing to draw: a Gradio LinePlot that is once
+# given an empty frame stops drawing lines (Gradio 6.31), so callers leave the plot as it is.
+
+
+def loss_frame(snap: RunSnapshot) -> pd.DataFrame | None:
     """Long-format frame (epoch, loss, series): per-step raw and smoothed train loss, per-epoch
     train and val loss, all on one axis in epochs."""
     rows = []
@@ -35,16 +40,14 @@ def loss_frame(snap: RunSnapshot) -> pd.DataFrame:
         rows.append(pd.DataFrame({"epoch": epochs["epoch"], "loss": epochs["train_loss"], "series": "train (epoch)"}))
         rows.append(pd.DataFrame({"epoch": epochs["epoch"], "loss": epochs["val_loss"], "series": "val (epoch)"}))
     if not rows:
-        return pd.DataFrame({"epoch": pd.Series(dtype=float), "loss": pd.Series(dtype=float),
-                             "series": pd.Series(dtype=str)})
+        return None
     return pd.concat(rows, ignore_index=True).dropna()
 
 
-def accuracy_frame(snap: RunSnapshot) -> pd.DataFrame:
+def accuracy_frame(snap: RunSnapshot) -> pd.DataFrame | None:
     """Long-format frame (epoch, accuracy, series): val accuracy and (augmented) train accuracy."""
     if not snap.epochs:
-        return pd.DataFrame({"epoch": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float),
-                             "series": pd.Series(dtype=str)})
+        return None
     epochs = pd.DataFrame(snap.epochs)
     frames = [pd.DataFrame({"epoch": epochs["epoch"], "accuracy": epochs["val_acc"], "series": "val"})]
     if "train_acc" in epochs:
@@ -53,18 +56,23 @@ def accuracy_frame(snap: RunSnapshot) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).dropna()
 
 
-def overlay_frames(snaps: list[RunSnapshot]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-epoch val loss and val accuracy of several runs, coloured by run."""
+def overlay_frames(snaps: list[RunSnapshot]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Per-epoch train and val loss, and val accuracy, of several runs (one line per run and split)."""
     loss, acc = [], []
     for snap in snaps:
         for e in snap.epochs:
             label = f"{snap.run_id} ({snap.config.get('model', '?')})"
-            loss.append({"epoch": e["epoch"], "loss": e.get("val_loss"), "run": label, "split": "val"})
-            loss.append({"epoch": e["epoch"], "loss": e.get("train_loss"), "run": label, "split": "train"})
+            loss.append({"epoch": e["epoch"], "loss": e.get("val_loss"), "series": f"{label} val"})
+            loss.append({"epoch": e["epoch"], "loss": e.get("train_loss"), "series": f"{label} train"})
             acc.append({"epoch": e["epoch"], "accuracy": e.get("val_acc"), "run": label})
-    loss_df = pd.DataFrame(loss, columns=["epoch", "loss", "run", "split"]).dropna()
-    acc_df = pd.DataFrame(acc, columns=["epoch", "accuracy", "run"]).dropna()
-    return loss_df, acc_df
+    loss_df = pd.DataFrame(loss, columns=["epoch", "loss", "series"]).astype({"epoch": float}).dropna()
+    acc_df = pd.DataFrame(acc, columns=["epoch", "accuracy", "run"]).astype({"epoch": float}).dropna()
+    return (loss_df if len(loss_df) else None), (acc_df if len(acc_df) else None)
+
+
+def plot_update(frame: pd.DataFrame | None):
+    """A LinePlot value, or gr.skip() when there is nothing to draw yet."""
+    return gr.skip() if frame is None else frame
 
 
 def confusion_figure(confusion: np.ndarray, classes) -> Figure:

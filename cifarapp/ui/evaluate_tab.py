@@ -16,17 +16,17 @@ from .widgets import model_picker
 def build(ctx: AppContext, tab: gr.Tab) -> None:
     """Lay out the Evaluate tab inside `tab`."""
     with gr.Row():
-        model = model_picker(ctx, tab)
+        model = model_picker(ctx, tab, "eval-model")
         tta = gr.Checkbox(False, label="Flip test-time augmentation", scale=1)
         run = gr.Button("Evaluate", variant="primary", scale=1)
     note = gr.Markdown("")
     summary = gr.Markdown("", elem_id="eval-summary")
     with gr.Row():
         per_class = gr.Dataframe(headers=["class", "accuracy", "images"], label="Per-class accuracy", scale=1)
-        bars = gr.BarPlot(pd.DataFrame({"class": [], "accuracy": []}), x="class", y="accuracy",
+        bars = gr.BarPlot(x="class", y="accuracy",
                           y_lim=[0, 1], label="Per-class accuracy", scale=2, sort=None)
     confusion = gr.Plot(label="Confusion matrix (rows: true class; colour: share of the row)")
-    mistakes = gr.Gallery(label="Most confident mistakes", columns=8, height="auto", object_fit="contain")
+    mistakes = gr.Gallery(label="Most confident mistakes (true class → predicted, confidence)", columns=8, height="auto", object_fit="contain")
 
     def run_eval(key: str, flip: bool, progress=gr.Progress()):
         try:
@@ -44,7 +44,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         table = pd.DataFrame({"class": list(result.classes), "accuracy": result.per_class_accuracy.round(4),
                               "images": result.confusion.sum(1)})
         gallery = [(charts.upscale(eval_set.images[m.index].permute(1, 2, 0).numpy()),
-                    f"true {result.classes[m.true]} → {result.classes[m.predicted]} ({m.confidence:.0%})")
+                    f"{result.classes[m.true]} → {result.classes[m.predicted]} {m.confidence:.0%}")
                    for m in result.mistakes]
         head = (f"### Accuracy {result.accuracy:.2%}\n{result.n_images:,} images · loss {result.loss:.4f}"
                 f"{' · flip TTA' if flip else ''}")

@@ -19,17 +19,17 @@ EXAMPLES_DIR = ASSETS_DIR / "examples"
 def build(ctx: AppContext, tab: gr.Tab) -> None:
     """Lay out the Predict tab inside `tab`."""
     with gr.Row():
-        model = model_picker(ctx, tab)
+        model = model_picker(ctx, tab, "predict-model")
         top_k = gr.Slider(1, 10, value=3, step=1, label="Classes to show", scale=1)
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
+            image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", elem_id="predict-image",
                              height=300)
             files = gr.File(file_count="multiple", file_types=["image"], label="…or several image files")
         with gr.Column():
             label = gr.Label(label="Prediction", num_top_classes=3, elem_id="predict-label")
-            seen = gr.Image(label="What the model sees (32x32, enlarged)", interactive=False, height=160,
-                            width=160, buttons=[])
+            seen = gr.Image(label="What the model sees (32x32, enlarged)", interactive=False, height=180,
+                            width=180, buttons=[], elem_id="predict-seen")
             message = gr.Markdown("")
     batch = gr.Dataframe(headers=["file", "top class", "probability", "runner-up"], label="Several files",
                          visible=True)

@@ -28,14 +28,16 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
 def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
     """Lay out the Runs tab inside `tab`; it reloads the table whenever the tab is opened."""
     refresh = gr.Button("↻ Refresh")
-    table = gr.Dataframe(runs_table(ctx), label="Runs (newest first)", interactive=False, wrap=True)
+    table = gr.Dataframe(runs_table(ctx), label="Runs (newest first)", interactive=False, wrap=True,
+                         elem_id="runs-table")
     ids = [r.run_id for r in ctx.manager.list_runs()]
-    selected = gr.Dropdown(ids, value=ids[:2], multiselect=True, label="Overlay the curves of these runs",
+    selected = gr.Dropdown(ids, value=ids[:3], multiselect=True, label="Overlay the curves of these runs",
                            allow_custom_value=True)
     with gr.Row():
-        loss_plot = gr.LinePlot(x="epoch", y="loss", color="run", label="Loss per epoch (train and val)", height=320)
+        loss_plot = gr.LinePlot(x="epoch", y="loss", color="series", label="Loss per epoch (train and val)",
+                                y_axis_format=".2f")
         acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="run", label="Validation accuracy", y_lim=[0, 1],
-                               height=320)
+                               y_axis_format=".0%")
     with gr.Row():
         to_delete = gr.Dropdown(ids, label="Run to delete", scale=3, allow_custom_value=True)
         delete = gr.Button("Delete run", variant="stop", scale=1)
@@ -48,11 +50,11 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
                 snaps.append(ctx.manager.snapshot(run_id))
             except RunError:
                 continue
-        return charts.overlay_frames(snaps)
+        return tuple(charts.plot_update(frame) for frame in charts.overlay_frames(snaps))
 
     def reload(current: list[str] | None):
         ids = [r.run_id for r in ctx.manager.list_runs()]
-        keep = [i for i in (current or []) if i in ids]
+        keep = [i for i in (current or []) if i in ids] or ids[:3]
         return runs_table(ctx), gr.Dropdown(choices=ids, value=keep), gr.Dropdown(choices=ids, value=None)
 
     def remove(token, run_id: str | None, current, request: gr.Request):

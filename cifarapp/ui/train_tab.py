@@ -7,7 +7,6 @@ import hashlib
 import json
 import shlex
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -90,14 +89,7 @@ def progress_html(snap: RunSnapshot) -> str:
             f"remaining {charts.format_duration(remaining)}</span></div>")
 
 
-@dataclass
-class TrainTab:
-    fields: list[str]
-    inputs: list  # form components, in `fields` order
-    run_id: gr.State
-
-
-def build(ctx: AppContext, owner: gr.BrowserState) -> TrainTab:
+def build(ctx: AppContext, owner: gr.BrowserState) -> None:
     """Lay out the Train tab and wire its events."""
     param_counts = {name: parameter_count(build_model(name)) for name in MODELS}
     data_flag = ctx.data_settings.data
@@ -164,10 +156,13 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> TrainTab:
                          elem_id="train-status")
     progress = gr.HTML("", elem_id="train-progress")
     with gr.Row():
-        loss_plot = gr.LinePlot(charts.loss_frame(_EMPTY), x="epoch", y="loss", color="series",
-                                label="Loss", x_title="epoch", height=320, elem_id="loss-plot")
-        acc_plot = gr.LinePlot(charts.accuracy_frame(_EMPTY), x="epoch", y="accuracy", color="series",
-                               label="Accuracy", x_title="epoch", y_lim=[0, 1], height=320, elem_id="acc-plot")
+        # Created empty: a LinePlot whose first value is an empty frame never draws its lines (Gradio 6.31).
+        loss_plot = gr.LinePlot(x="epoch", y="loss", color="series",
+                                label="Loss", x_title="epoch",
+                                y_axis_format=".2f", elem_id="loss-plot")
+        acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="series",
+                               label="Accuracy", x_title="epoch", y_lim=[0, 1],
+                               y_axis_format=".0%", elem_id="acc-plot")
     log = gr.Textbox(label="Epoch log (the report's format)", lines=6, max_lines=20, autoscroll=True)
     run_id = gr.State(None)
     seen = gr.State(None)
@@ -248,18 +243,22 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> TrainTab:
         key = [current, snap.version, snap.status]
         if key == last_seen:
             return [gr.skip()] * 11
-        running = snap.ended is None and snap.status in ("running", "starting")
-        ckpt = str(ctx.manager.run_dir(current).checkpoint) if snap.has_checkpoint and not running else None
-        return (current, key, charts.loss_frame(snap), charts.accuracy_frame(snap), progress_html(snap),
-                status_markdown(snap), snap.log,
-                gr.DownloadButton(value=ckpt, interactive=ckpt is not None),
-                gr.Button(interactive=not running), gr.Button(interactive=running), snap.status)
+        status_text = status_markdown(snap)
+        if last_seen and last_seen[0] == current and last_seen[2] == snap.status:
+            # same run, same state: leave the buttons alone (re-rendering them can swallow a click)
+            buttons = [gr.skip()] * 3
+            status_text = gr.skip()
+        else:
+            running = snap.ended is None and snap.status in ("running", "starting")
+            ckpt = str(ctx.manager.run_dir(current).checkpoint) if snap.has_checkpoint and not running else None
+            buttons = [gr.DownloadButton(value=ckpt, interactive=ckpt is not None),
+                       gr.Button(interactive=not running), gr.Button(interactive=running)]
+        return (current, key, charts.plot_update(charts.loss_frame(snap)),
+                charts.plot_update(charts.accuracy_frame(snap)), progress_html(snap),
+                status_text, snap.log, *buttons, snap.status)
 
     run_status = gr.Textbox(visible=False, elem_id="run-status-value")
     timer.tick(poll, [owner, run_id, seen],
                [run_id, seen, loss_plot, acc_plot, progress, status, log, download, start_btn, stop_btn, run_status],
                show_progress="hidden", api_name="poll", concurrency_limit=None)
-    return TrainTab(fields, inputs, run_id)
 
-
-_EMPTY = RunSnapshot("", None, "none", "", {}, [], [], "", 0)

@@ -7,11 +7,11 @@ import gradio as gr
 from .context import AppContext
 
 
-def model_picker(ctx: AppContext, tab: gr.Tab) -> gr.Dropdown:
+def model_picker(ctx: AppContext, tab: gr.Tab, elem_id: str) -> gr.Dropdown:
     """A model dropdown (shipped weights and runs) with a refresh button; it also refreshes when
     `tab` is opened, so a run that just ended is selectable without a restart."""
     dropdown = gr.Dropdown(ctx.catalog.choices(), value=ctx.catalog.default_key(), label="Model", scale=3,
-                           allow_custom_value=True)
+                           allow_custom_value=True, elem_id=elem_id)
     refresh = gr.Button("↻ Refresh list", scale=0)
 
     def refreshed(current):
