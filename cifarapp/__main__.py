@@ -20,8 +20,8 @@ from .models import MODELS
 from .predict import ImageError, predict, top_k
 from .presets import PRESETS
 from .runs import RunDir, RunError, RunManager, execute_run, new_run_id
-from .train import OPTIMIZERS, SCHEDULES, ConfigError, EndEvent, EpochEvent, StepEvent, TrainConfig
-from .weights import default_checkpoint
+from .train import OPTIMIZERS, SCHEDULES, ConfigError, EndEvent, EpochEvent, StepEvent, TrainConfig, cli_command
+from .weights import default_checkpoint, export_shipped
 
 OPTION_HELP = {
     "model": f"architecture: {', '.join(MODELS)}",
@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help="checkpoint file or run id (default: the best shipped weights)")
     pr.add_argument("--top", type=int, default=3, help="how many classes to show per image")
     pr.add_argument("--runs-dir", default="runs")
+
+    ex = sub.add_parser("export", help="ship a run's weights in weights/ with a model card (test accuracy etc.)")
+    ex.add_argument("run_id")
+    ex.add_argument("--name", required=True, help="file name in weights/ (without .pt)")
+    ex.add_argument("--runs-dir", default="runs")
+    _add_data_options(ex)
 
     ls = sub.add_parser("runs", help="list past runs")
     ls.add_argument("--runs-dir", default="runs")
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "export":
+            return _export(args)
         return _list_runs(args)
     except (ConfigError, DataUnavailableError, checkpoints.CheckpointError, RunError, ImageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -231,6 +239,15 @@ def _predict(args) -> int:
         ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_k(probs, loaded.classes, args.top))
         print(f"{image}: {ranked}")
     return status
+
+
+def _export(args) -> int:
+    run_dir = RunDir(args.runs_dir, args.run_id)
+    data = _load_data(args)
+    command = cli_command(run_dir.read_config(), args.data)
+    card = export_shipped(run_dir.checkpoint, args.name, data.test_images, data.test_labels, command=command)
+    print(json.dumps(card, indent=2))
+    return 0
 
 
 def _list_runs(args) -> int:

@@ -111,6 +111,7 @@ class FastNet(nn.Module):
         super().__init__()
         widths = [max(8, int(round(c * width))) for c in (64, 256, 256)]
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set from the data by init_whitening; only the bias learns
         self.act = nn.GELU()
         self.groups = nn.Sequential(ConvGroup(24, widths[0]), ConvGroup(widths[0], widths[1]),
                                     ConvGroup(widths[1], widths[2]))

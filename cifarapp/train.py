@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,26 @@ class TrainConfig:
         return self
 
 
+def cli_command(config: TrainConfig, data_flag: str | None = None) -> str:
+    """The `python -m cifarapp train ...` command equivalent to a config."""
+    default = TrainConfig()
+    parts = ["python", "-m", "cifarapp", "train"]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            parts += [flag, ",".join(value)]
+        else:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if data_flag:
+        parts += ["--data", data_flag]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _coerce(key: str, annotation, value):
     """Check and convert one value against its field annotation (given as a string)."""
     ann = str(annotation)
@@ -267,9 +288,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
         checkpoint_path: str | Path | None = None, resume_from: dict | None = None,
-        normalization: Normalization = Normalization()) -> FitResult:
+        normalization: Normalization = Normalization(),
+        on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> FitResult:
     """Train as `config` says on `data`, reporting events; save a checkpoint after every epoch
-    (and when stopped) to `checkpoint_path`; continue a run from a checkpoint dict `resume_from`."""
+    (and when stopped) to `checkpoint_path`; continue a run from a checkpoint dict `resume_from`.
+    `on_epoch_end(epoch, model)` lets benchmarks measure the model after each epoch."""
     config = config.validate(len(data.train_images))
     emit = on_event or (lambda event: None)
     stop = stop or threading.Event()
@@ -386,6 +409,8 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         history.append(dataclasses.asdict(event))
         emit(event)
         save(epoch + 1)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model)
     return FitResult("finished", f"finished {config.epochs} epochs", model, config.epochs, history)
 
 

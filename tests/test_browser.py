@@ -57,6 +57,10 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
         " return p && (p.querySelectorAll('path, circle').length > 0 || p.querySelector('canvas')); })()")
     page.wait_for_function("/epoch ([3-9]|\\d\\d+)\\/300/.test(document.querySelector('#train-progress')?.innerText)")
     page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
+    # a reload re-attaches to the running run: progress continues, Stop still works
+    page.reload()
+    page.wait_for_function("/epoch \\d+\\/300/.test(document.querySelector('#train-progress')?.innerText)")
+    page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('running')")
     page.get_by_role("button", name="Stop").click()
     try:
         page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('stopped')")

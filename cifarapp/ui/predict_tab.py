@@ -34,7 +34,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     batch = gr.Dataframe(headers=["file", "top class", "probability", "runner-up"], label="Several files",
                          visible=True)
 
-    def classify(key: str, sources: list, k: int):
+    def classify(key: str, sources: list):
         """Probabilities for each readable source, and a message per unreadable one."""
         try:
             loaded = ctx.catalog.load(key)
@@ -50,18 +50,18 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         probs = predict_pixels(loaded, np.stack(pixels)) if pixels else np.zeros((0, len(loaded.classes)))
         return loaded.classes, pixels, names, probs, problems
 
-    def predict_one(key: str, path: str | None, k: int):
+    def predict_one(key: str, path: str | None):
         if not path:
             return None, None, ""
-        classes, pixels, _, probs, problems = classify(key, [path], k)
+        classes, pixels, _, probs, problems = classify(key, [path])
         if problems:
             return None, None, f"⚠️ {problems[0]}"
         return ({c: float(p) for c, p in zip(classes, probs[0])}, charts.upscale(pixels[0], 5), "")
 
-    def predict_many(key: str, paths: list | None, k: int):
+    def predict_many(key: str, paths: list | None):
         if not paths:
             return None, ""
-        classes, _, names, probs, problems = classify(key, list(paths), k)
+        classes, _, names, probs, problems = classify(key, list(paths))
         rows = []
         for name, p in zip(names, probs):
             order = np.argsort(-p)
@@ -69,12 +69,12 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                          f"{classes[order[1]]} ({p[order[1]]:.1%})"])
         return rows, "\n\n".join(f"⚠️ {p}" for p in problems)
 
-    image.change(predict_one, [model, image, top_k], [label, seen, message], api_name="predict",
+    image.change(predict_one, [model, image], [label, seen, message], api_name="predict",
                  concurrency_limit=4, concurrency_id="predict")
     top_k.change(lambda k: gr.Label(num_top_classes=int(k)), top_k, label, queue=False)
-    files.upload(predict_many, [model, files, top_k], [batch, message], api_name="predict_files",
+    files.upload(predict_many, [model, files], [batch, message], api_name="predict_files",
                  concurrency_limit=4, concurrency_id="predict")
-    model.change(predict_one, [model, image, top_k], [label, seen, message], api_name=False,
+    model.change(predict_one, [model, image], [label, seen, message], api_name=False,
                  concurrency_id="predict")
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
     if examples:

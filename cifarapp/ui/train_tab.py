@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import shlex
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 
-from ..data import AUGMENTATIONS
+from ..data import AUGMENTATIONS, DataUnavailableError
 from ..inference import DEVICES, PRECISIONS
 from ..models import MODELS, build_model, parameter_count
 from ..presets import PRESETS
 from ..runs import BusyError, RunError, RunSnapshot
-from ..train import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
+from ..train import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, cli_command
 from . import charts
 from .context import AppContext, device_summary
 
@@ -45,26 +43,6 @@ def config_to_form(config: TrainConfig, fields: list[str]) -> list:
     d = config.to_dict()
     d["train_size"] = d["train_size"] or 0
     return [d[f] for f in fields]
-
-
-def cli_command(config: TrainConfig, data_flag: str | None) -> str:
-    """The `python -m cifarapp train ...` command equivalent to a config."""
-    default = TrainConfig()
-    parts = ["python", "-m", "cifarapp", "train"]
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(config, f.name)
-        if value == getattr(default, f.name):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, tuple):
-            parts += [flag, ",".join(value)]
-        else:
-            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    if data_flag:
-        parts += ["--data", data_flag]
-    return " ".join(shlex.quote(p) for p in parts)
 
 
 def status_markdown(snap: RunSnapshot) -> str:
@@ -215,7 +193,7 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
             new_id = ctx.manager.start(config, who)
         except (ConfigError, BusyError, RunError) as exc:
             return gr.skip(), f"❌ **Not started.** {exc}"
-        except Exception as exc:  # data loading: download failures, missing files
+        except (DataUnavailableError, OSError) as exc:
             return gr.skip(), f"❌ **Not started.** Could not load the training data: {exc}"
         return new_id, f"🟡 **starting** run `{new_id}`…"
 

@@ -1,0 +1,93 @@
+"""UI helpers and handlers without a server: form <-> config, CLI command, status, plot data."""
+
+import shlex
+
+import numpy as np
+import pytest
+
+from cifarapp.__main__ import _config_from_args, build_parser
+from cifarapp.presets import PRESETS
+from cifarapp.runs import RunSnapshot
+from cifarapp.train import ConfigError, TrainConfig, cli_command
+from cifarapp.ui import charts
+from cifarapp.ui.train_tab import config_to_form, form_to_config, owner_of, progress_html, status_markdown
+
+FIELDS = list(TrainConfig().to_dict())
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_fills_the_form_and_the_form_gives_back_the_preset(name):
+    config = PRESETS[name].config
+    values = dict(zip(FIELDS, config_to_form(config, FIELDS)))
+    assert form_to_config(values) == config
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_cli_command_parses_back_to_the_same_config(name):
+    config = PRESETS[name].config
+    argv = shlex.split(cli_command(config, None))[3:]  # drop "python -m cifarapp"
+    args = build_parser().parse_args(argv)
+    assert _config_from_args(args) == config
+
+
+def test_subset_zero_means_all_and_bad_values_raise():
+    values = dict(zip(FIELDS, config_to_form(TrainConfig(), FIELDS)))
+    assert form_to_config({**values, "train_size": 0}).train_size is None
+    with pytest.raises(ConfigError, match="learning rate"):
+        form_to_config({**values, "lr": -1.0})
+    with pytest.raises(ConfigError, match="whole number"):
+        form_to_config({**values, "epochs": 2.5})
+
+
+class FakeRequest:
+    session_hash = "abc"
+
+
+def test_owner_prefers_the_browser_token():
+    assert owner_of("tok", FakeRequest()) == "tok"
+    assert owner_of(None, FakeRequest()) == "session-abc"
+
+
+def _snap(status="running", steps=None, epochs=None):
+    return RunSnapshot("r1", "o", status, "the lr was too high" if status == "diverged" else "",
+                       {"model": "lenet", "optimizer": "adam", "lr": 0.001, "epochs": 2},
+                       steps or [], epochs or [], "", 3)
+
+
+def test_status_and_progress_text():
+    assert "running" in status_markdown(_snap())
+    assert "the lr was too high" in status_markdown(_snap("diverged"))
+    steps = [{"epoch": 1, "step": 5, "total_steps": 20, "loss": 2.0, "lr": 0.001, "images_per_s": 1000.0,
+              "elapsed_s": 10.0}]
+    html = progress_html(_snap(steps=steps))
+    assert "epoch 1/2" in html and "step 5/20" in html and "1,000 img/s" in html
+    assert "remaining 30s" in html and "value='0.2500'" in html
+    assert "waiting" in progress_html(_snap())
+
+
+def test_plot_frames():
+    steps = [{"epoch": 1, "step": s, "total_steps": 20, "loss": 2.0 - s / 20, "lr": 0.001, "images_per_s": 1.0,
+              "elapsed_s": float(s)} for s in range(1, 11)]
+    epochs = [{"epoch": 1, "train_loss": 1.5, "train_acc": 0.4, "val_loss": 1.6, "val_acc": 0.45}]
+    loss = charts.loss_frame(_snap(steps=steps, epochs=epochs))
+    assert set(loss["series"]) == {"train (per step)", "train (smoothed)", "train (epoch)", "val (epoch)"}
+    per_step = loss[loss["series"] == "train (per step)"]
+    assert per_step["epoch"].tolist() == pytest.approx([s / 10 for s in range(1, 11)])  # 10 steps per epoch
+    acc = charts.accuracy_frame(_snap(epochs=epochs))
+    assert acc[acc["series"] == "val"]["accuracy"].tolist() == [0.45]
+    assert charts.loss_frame(_snap()) is None and charts.accuracy_frame(_snap()) is None
+
+
+def test_confusion_figure_and_upscale():
+    fig = charts.confusion_figure(np.array([[3, 1], [0, 4]]), ["a", "b"])
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0", "1", "3", "4"]
+    big = charts.upscale(np.arange(12, dtype=np.uint8).reshape(2, 2, 3), 3)
+    assert big.shape == (6, 6, 3) and (big[:3, :3] == big[0, 0]).all()
+
+
+def test_format_duration():
+    assert charts.format_duration(5) == "5s"
+    assert charts.format_duration(125) == "2m05s"
+    assert charts.format_duration(3725) == "1h02m05s"
+    assert charts.format_duration(None) == "–"
