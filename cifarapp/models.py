@@ -109,7 +109,8 @@ class FastNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: float = 1.0, logit_scale: float = 1 / 9):
         super().__init__()
-        widths = [max(8, int(round(c * width))) for c in (64, 256, 256)]
+        # multiples of 8 keep the CPU and GPU convolution kernels on their fast paths
+        widths = [max(8, round(c * width / 8) * 8) for c in (64, 256, 256)]
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data by init_whitening; only the bias learns
         self.act = nn.GELU()
@@ -175,3 +176,9 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Modu
 def parameter_count(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def registered_parameter_count(name: str, width: float = 1.0) -> int:
+    """Trainable parameters of a registered model, built on the meta device (no memory, instant)."""
+    with torch.device("meta"):
+        return parameter_count(build_model(name, width=width))

@@ -131,9 +131,11 @@ def failure_message(exc: BaseException) -> str:
 
 def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
                 on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
-                resume: bool = False, owner: str | None = None) -> FitResult | None:
+                resume: bool = False, owner: str | None = None,
+                on_epoch_end: Callable | None = None) -> FitResult | None:
     """Train one run in this thread, recording everything in `run_dir` (already created).
-    Returns the fit result, or None when it failed (status.json says why)."""
+    Returns the fit result, or None when it failed (status.json says why).
+    `on_epoch_end(epoch, model)` is passed to `fit` (benchmarks measure test accuracy with it)."""
     started = time.time()
     resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
 
@@ -150,7 +152,7 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
     result, status, message = None, "failed", ""
     try:
         result = fit(config, data, run_id=run_dir.run_id, on_event=record, stop=stop,
-                     checkpoint_path=run_dir.checkpoint, resume_from=resume_from)
+                     checkpoint_path=run_dir.checkpoint, resume_from=resume_from, on_epoch_end=on_epoch_end)
         status, message = result.status, result.message
     except Exception as exc:  # the run ends as failed with the reason; the process lives on
         message = failure_message(exc)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cifarapp.models import MODELS, build_model, parameter_count
+from cifarapp.models import MODELS, build_model, parameter_count, registered_parameter_count
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -30,6 +30,8 @@ def test_parameter_counts_match_the_architectures():
     assert parameter_count(build_model("cnn6")) == cnn6
     assert 11_000_000 < parameter_count(build_model("resnet18")) < 11_300_000
     assert parameter_count(build_model("fastnet", width=0.5)) < parameter_count(build_model("fastnet"))
+    for name in MODELS:
+        assert registered_parameter_count(name) == parameter_count(build_model(name))
 
 
 def test_resnet18_keeps_resolution_in_the_stem():

@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..data import AUGMENTATIONS, DataUnavailableError
 from ..inference import DEVICES, PRECISIONS
-from ..models import MODELS, build_model, parameter_count
+from ..models import MODELS, registered_parameter_count
 from ..presets import PRESETS
 from ..runs import BusyError, RunError, RunSnapshot
 from ..train import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, cli_command
@@ -69,12 +69,16 @@ def progress_html(snap: RunSnapshot) -> str:
 
 def build(ctx: AppContext, owner: gr.BrowserState) -> None:
     """Lay out the Train tab and wire its events."""
-    param_counts = {name: parameter_count(build_model(name)) for name in MODELS}
+    param_counts: dict[str, int] = {}  # filled on first view: counting resnet18 imports torchvision (~2 s)
     data_flag = ctx.data_settings.data
 
     def model_info(name: str) -> str:
         spec = MODELS.get(name)
-        return f"{spec.description} · **{param_counts[name]:,} parameters**" if spec else ""
+        if spec is None:
+            return ""
+        if name not in param_counts:
+            param_counts[name] = registered_parameter_count(name)
+        return f"{spec.description} · **{param_counts[name]:,} parameters**"
 
     default = PRESETS["report_lenet"].config
     gr.Markdown(f"Training data: {ctx.data_settings.describe()}. Device on *auto*: **{device_summary()}**.")
