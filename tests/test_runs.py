@@ -123,3 +123,31 @@ def test_delete(small_data, runs_root):
     assert not (runs_root / run_id).exists()
     with pytest.raises(RunError):
         manager.delete(run_id)
+
+
+def test_two_simultaneous_starts_start_exactly_one_run(small_data, runs_root):
+    import threading
+
+    manager = RunManager(runs_root, lambda: small_data)
+    manager.data()
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def press_start(owner):
+        barrier.wait()
+        try:
+            outcomes.append(manager.start(TrainConfig(**SLOW), owner=owner))
+        except BusyError:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=press_start, args=(o,)) for o in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [o for o in outcomes if o != "busy"]
+    assert len(started) == 1 and outcomes.count("busy") == 1
+    assert len(list(runs_root.iterdir())) == 1
+    run_id = started[0]
+    manager.stop(run_id, manager.snapshot(run_id).owner)
+    manager.wait(run_id, timeout=60)
