@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"| model | train fp32 img/s | train bf16 img/s | bf16/fp32 | infer fp32 img/s | infer bf16 img/s | bf16/fp32 |")
+    print("| model | train fp32 img/s | train bf16 img/s | bf16/fp32 | infer fp32 img/s | infer bf16 img/s | bf16/fp32 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in MODELS:
         torch.manual_seed(0)

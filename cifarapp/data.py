@@ -214,15 +214,6 @@ def to_model_input(images: torch.Tensor, normalization: Normalization) -> torch.
     return normalization.apply(x).contiguous(memory_format=torch.channels_last)
 
 
-def validate_augmentations(names) -> tuple[str, ...]:
-    """Return the names as a tuple, raising ValueError for unknown ones."""
-    names = tuple(names)
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {sorted(AUGMENTATIONS)}")
-    return names
-
-
 def augment_batch(pixels01: torch.Tensor, names: tuple[str, ...], generator: torch.Generator,
                   fill: tuple[float, float, float] = CIFAR10_MEAN) -> torch.Tensor:
     """Apply the named augmentations to a float batch [B, 3, H, W] in [0, 1], each image drawn

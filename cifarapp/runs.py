@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import checkpoints
 from .data import CifarData
-from .train import ConfigError, EndEvent, EpochEvent, Event, FitResult, StepEvent, TrainConfig, fit
+from .train import EndEvent, EpochEvent, Event, FitResult, StepEvent, TrainConfig, fit
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 METRIC_COLUMNS = ("kind", "epoch", "step", "total_steps", "loss", "lr", "images_per_s", "elapsed_s",
@@ -267,18 +267,6 @@ class RunManager:
                 self._data = self._data_provider()
             return self._data
 
-    def active(self) -> list[RunSnapshot]:
-        with self._lock:
-            return [self._snapshot_live(r) for r in self._live.values() if r.ended is None]
-
-    def active_run_of(self, owner: str) -> str | None:
-        """The id of the owner's unfinished run, if any."""
-        with self._lock:
-            for run_id, run in self._live.items():
-                if run.owner == owner and run.ended is None:
-                    return run_id
-        return None
-
     def start(self, config: TrainConfig | dict, owner: str, resume_run_id: str | None = None) -> str:
         """Validate and start a run in a background thread; return its id.
         Raises ConfigError for bad settings and BusyError when the trainer limit is reached."""
@@ -465,6 +453,3 @@ def _pid_alive_other(pid) -> bool:
         return True
     return True
 
-
-__all__ = ["BusyError", "ConfigError", "RunDir", "RunError", "RunManager", "RunSnapshot", "RunSummary",
-           "execute_run", "new_run_id"]

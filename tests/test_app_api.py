@@ -3,7 +3,6 @@
 import time
 
 import numpy as np
-import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image

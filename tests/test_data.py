@@ -158,11 +158,6 @@ def test_flip_mirrors_exactly():
         assert torch.equal(img, src) or torch.equal(img, src.flip(2))
 
 
-def test_unknown_augmentation_is_refused():
-    with pytest.raises(ValueError, match="unknown augmentation"):
-        D.validate_augmentations(["crop", "mixup"])
-
-
 def test_normalization_round_trip():
     norm = D.Normalization()
     assert D.Normalization.from_dict(norm.to_dict()) == norm
