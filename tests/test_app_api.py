@@ -73,6 +73,10 @@ def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
 
     bad = tmp_path / "bad.png"
     bad.write_text("not a png")
+    label, seen, message = bob.predict(f"run:{run_id}", handle_file(str(bad)), api_name="/predict")
+    assert "bad.png: not an image file" in message and seen is None
+    again = bob.predict(f"run:{run_id}", handle_file(str(image)), api_name="/predict")
+    assert again[0]["label"] and again[2] == "", "the server keeps serving after a bad file"
     rows, message = bob.predict(f"run:{run_id}", [handle_file(str(image)), handle_file(str(bad))],
                                 api_name="/predict_files")
     assert len(rows["data"]) == 1 and "bad.png" in message

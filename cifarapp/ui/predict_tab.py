@@ -11,7 +11,7 @@ from ..checkpoints import CheckpointError
 from ..predict import ImageError, predict_pixels, preprocess
 from . import charts
 from .context import ASSETS_DIR, AppContext
-from .widgets import model_picker
+from .widgets import UploadImage, model_picker
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 
@@ -23,7 +23,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         top_k = gr.Slider(1, 10, value=3, step=1, label="Classes to show", scale=1)
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", elem_id="predict-image",
+            image = UploadImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", elem_id="predict-image",
                              height=300)
             files = gr.File(file_count="multiple", file_types=["image"], label="…or several image files")
         with gr.Column():

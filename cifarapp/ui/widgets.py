@@ -1,4 +1,4 @@
-"""Widgets used by more than one tab."""
+"""Widgets used by more than one tab, and Gradio components adapted for the app."""
 
 from __future__ import annotations
 
@@ -22,3 +22,18 @@ def model_picker(ctx: AppContext, tab: gr.Tab, elem_id: str) -> gr.Dropdown:
     refresh.click(refreshed, dropdown, dropdown, api_name=False, queue=False)
     tab.select(refreshed, dropdown, dropdown, api_name=False, queue=False)
     return dropdown
+
+
+class UploadImage(gr.Image):
+    """gr.Image (upload, webcam, clipboard) that hands an undecodable upload's path to the handler
+    instead of failing inside Gradio, so the user gets the engine's plain message about the file."""
+
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "image"  # same front-end component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:  # Pillow raises many types for bad files; predict.preprocess explains them
+            return None if payload is None else payload.path
