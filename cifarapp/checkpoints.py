@@ -43,6 +43,8 @@ def save_atomic(payload: dict, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f"{path.name}*.tmp"):  # left by a process killed mid-save
+        stale.unlink(missing_ok=True)
 
 
 def make_payload(model: nn.Module, *, model_name: str, width: float, classes, normalization: Normalization,
