@@ -327,9 +327,9 @@ class RunManager:
                 live.stop.set()
 
         if resume:
-            for row in live.run_dir.read_events():
-                (live.steps if row.get("kind") == "step" else live.epochs if row.get("kind") == "epoch"
-                 else []).append(row)
+            earlier = live.run_dir.read_events()  # the curves continue from where the run stopped
+            live.steps.extend(e for e in earlier if e.get("kind") == "step")
+            live.epochs.extend(e for e in earlier if e.get("kind") == "epoch")
         execute_run(live.run_dir, live.config, data, on_event=on_event, stop=live.stop, resume=resume,
                     owner=live.owner)
         status = live.run_dir.read_status()
