@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from cifarapp.data import Normalization, load_cifar10  # noqa: E402
-from cifarapp.inference import batched_logits, resolve_device, resolve_precision  # noqa: E402
+from cifarapp.inference import TTA_MODES, batched_logits, resolve_device, resolve_precision  # noqa: E402
 from cifarapp.presets import PRESETS  # noqa: E402
 from cifarapp.runs import RunDir, execute_run, new_run_id  # noqa: E402
 from cifarapp.train import TrainConfig  # noqa: E402
@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10.npz")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. epochs=10 width=0.75 (JSON values)")
-    parser.add_argument("--tta", action="store_true", help="also report flip-TTA test accuracy")
+    parser.add_argument("--tta", choices=[m for m in TTA_MODES if m != "none"], nargs="*", default=[],
+                        help="also report test accuracy with these test-time augmentations")
     parser.add_argument("--json", help="write the per-epoch results here")
     parser.add_argument("--runs-dir", default="runs")
     args = parser.parse_args()
@@ -59,10 +60,10 @@ def main() -> None:
         logits = batched_logits(model, data.test_images, Normalization(), device, dtype, batch_size=1000)
         acc = (logits.argmax(1) == data.test_labels).float().mean().item()
         row = {"epoch": epoch, "train_s": round(t - t0 - eval_s, 1), "test_acc": round(acc, 4)}
-        if args.tta:
+        for mode in args.tta:
             logits = batched_logits(model, data.test_images, Normalization(), device, dtype, batch_size=1000,
-                                    flip_tta=True)
-            row["test_acc_tta"] = round((logits.argmax(1) == data.test_labels).float().mean().item(), 4)
+                                    tta=mode)
+            row[f"test_acc_{mode}"] = round((logits.argmax(1) == data.test_labels).float().mean().item(), 4)
         eval_s += time.perf_counter() - t
         rows.append(row)
         print(json.dumps(row), flush=True)

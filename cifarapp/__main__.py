@@ -15,7 +15,7 @@ import numpy as np
 from . import checkpoints
 from .data import AUGMENTATIONS, DATA_ENV_VAR, DataUnavailableError, load_cifar10, synthetic_data
 from .evaluate import evaluate
-from .inference import DEVICES, PRECISIONS
+from .inference import DEVICES, PRECISIONS, TTA_MODES
 from .models import MODELS
 from .predict import ImageError, predict, top_k
 from .presets import PRESETS
@@ -36,6 +36,8 @@ OPTION_HELP = {
     "schedule": f"learning-rate schedule after warm-up: {', '.join(SCHEDULES)} (onecycle = linear decay to 0)",
     "warmup_epochs": "epochs of linear warm-up from 0 to the peak lr",
     "label_smoothing": "label smoothing of the cross-entropy loss, 0 to <1",
+    "bias_lr_scale": "lr multiplier for biases and norm shifts (airbench uses 64 with fastnet)",
+    "lookahead": "lookahead averaging of the weights every 5 steps, growing toward the end",
     "augment": f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}",
     "seed": "random seed (same seed on CPU gives the same numbers)",
     "device": f"training device: {', '.join(DEVICES)}",
@@ -82,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix on the test set")
     ev.add_argument("model", nargs="?", help="checkpoint file or run id (default: the best shipped weights)")
-    ev.add_argument("--tta", action="store_true", help="average with the mirror image (flip test-time augmentation)")
+    ev.add_argument("--tta", choices=list(TTA_MODES), default="none",
+                    help="test-time augmentation: " + "; ".join(f"{k}: {v}" for k, v in TTA_MODES.items()))
     ev.add_argument("--runs-dir", default="runs")
     ev.add_argument("--json", help="also write the result to this JSON file")
     _add_data_options(ev)
@@ -213,14 +216,14 @@ def _evaluate(args) -> int:
         sys.stderr.write(f"\revaluating {done}/{total}")
         sys.stderr.flush()
 
-    result = evaluate(loaded, data.test_images, data.test_labels, flip_tta=args.tta, progress=progress)
+    result = evaluate(loaded, data.test_images, data.test_labels, tta=args.tta, progress=progress)
     sys.stderr.write("\n")
     print(f"{path} on {data.source} test set ({time.perf_counter() - t0:.1f}s)")
     print(result.summary())
     print(result.confusion_text())
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "checkpoint": str(path), "accuracy": result.accuracy, "loss": result.loss, "flip_tta": args.tta,
+            "checkpoint": str(path), "accuracy": result.accuracy, "loss": result.loss, "tta": args.tta,
             "per_class_accuracy": dict(zip(result.classes, np.round(result.per_class_accuracy, 4).tolist())),
             "confusion": result.confusion.tolist(), "classes": list(result.classes)}, indent=2))
     return 0
@@ -251,7 +254,7 @@ def _export(args) -> int:
 
 
 def _list_runs(args) -> int:
-    manager = RunManager(args.runs_dir, data_provider=lambda: synthetic_data(), abandon_after_s=None)
+    manager = RunManager(args.runs_dir, abandon_after_s=None)
     runs = manager.list_runs()
     for run in runs:
         best = f"best val_acc {run.best_val_acc:.4f}" if run.best_val_acc is not None else "no epoch yet"

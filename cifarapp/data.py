@@ -7,6 +7,7 @@ and a whole batch is augmented at once on the training device.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -31,6 +32,7 @@ CACHE_NAME = "cifar10_uint8.npz"
 
 AUGMENTATIONS = {
     "crop": "random translation by up to 4 pixels with reflect padding",
+    "translate": "random translation by up to 2 pixels with reflect padding (gentler crop for short runs)",
     "flip": "horizontal flip with probability 0.5",
     "cutout": "one 8x8 square set to the mean colour",
     "color": "brightness, saturation and hue jitter",
@@ -296,6 +298,7 @@ def random_rotate(x: torch.Tensor, gen: torch.Generator, fill=None, degrees: flo
 
 _AUGMENT_FUNCTIONS = {
     "crop": random_crop,
+    "translate": functools.partial(random_crop, pad=2),
     "flip": random_flip,
     "cutout": random_cutout,
     "color": random_color,

@@ -36,12 +36,12 @@ class EvalResult:
     mistakes: list[Mistake]  # most confident first
     classes: tuple[str, ...]
     n_images: int
-    flip_tta: bool
+    tta: str = "none"
 
     def summary(self) -> str:
         """A plain-text table of overall and per-class accuracy."""
         lines = [f"accuracy {self.accuracy:.2%} on {self.n_images} images (loss {self.loss:.4f}"
-                 f"{', flip TTA' if self.flip_tta else ''})"]
+                 f"{f', {self.tta} TTA' if self.tta != 'none' else ''})"]
         lines += [f"  {name:<11} {acc:7.2%}" for name, acc in zip(self.classes, self.per_class_accuracy)]
         return "\n".join(lines)
 
@@ -54,7 +54,7 @@ class EvalResult:
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
-                        flip_tta: bool = False, top_mistakes: int = 32) -> EvalResult:
+                        tta: str = "none", top_mistakes: int = 32) -> EvalResult:
     """All evaluation metrics from logits [N, C] and true labels [N]."""
     labels = labels.long()
     probs = logits.softmax(1)
@@ -72,15 +72,15 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tup
         accuracy=float(np.trace(confusion) / n) if n else float("nan"),
         loss=float(F.cross_entropy(logits, labels)) if n else float("nan"),
         per_class_accuracy=per_class, confusion=confusion, mistakes=mistakes, classes=classes,
-        n_images=n, flip_tta=flip_tta)
+        n_images=n, tta=tta)
 
 
-def evaluate(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, *, flip_tta: bool = False,
+def evaluate(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, *, tta: str = "none",
              device: str = "auto", precision: str = "auto", batch_size: int = 500,
              top_mistakes: int = 32, progress=None) -> EvalResult:
     """Evaluate a loaded model on uint8 images [N, 3, 32, 32] with labels [N]."""
     dev = resolve_device(device)
     model = loaded.model.to(dev, memory_format=torch.channels_last)
     logits = batched_logits(model, images, loaded.normalization, dev, resolve_precision(precision, dev),
-                            batch_size=batch_size, flip_tta=flip_tta, progress=progress)
-    return metrics_from_logits(logits, labels, loaded.classes, flip_tta, top_mistakes)
+                            batch_size=batch_size, tta=tta, progress=progress)
+    return metrics_from_logits(logits, labels, loaded.classes, tta, top_mistakes)

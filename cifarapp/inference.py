@@ -5,12 +5,20 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .data import Normalization, to_model_input
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Test-time augmentation: logits averaged over views of each image.
+TTA_MODES = {
+    "none": "the image as it is",
+    "flip": "the image and its mirror image (2 views)",
+    "flip_translate": "flip, plus the image shifted by one pixel up-left and down-right, each also "
+                      "mirrored (6 views, as airbench does)",
+}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -58,12 +66,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 @torch.no_grad()
 def batched_logits(model: nn.Module, images: torch.Tensor, normalization: Normalization,
                    device: torch.device, dtype: torch.dtype | None = None, batch_size: int = 500,
-                   flip_tta: bool = False, progress=None) -> torch.Tensor:
-    """float32 logits [N, classes] on the CPU for uint8 images [N, 3, 32, 32], in eval mode.
-
-    With `flip_tta`, logits of each image and its mirror image are averaged.
+                   tta: str = "none", progress=None) -> torch.Tensor:
+    """float32 logits [N, classes] on the CPU for uint8 images [N, 3, 32, 32], in eval mode,
+    averaged over the views of test-time augmentation `tta` (one of TTA_MODES).
     `progress(done, total)` is called after each batch.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
     was_training = model.training
     model.eval()
     outputs = []
@@ -71,9 +80,7 @@ def batched_logits(model: nn.Module, images: torch.Tensor, normalization: Normal
         for start in range(0, len(images), batch_size):
             x = to_model_input(images[start:start + batch_size].to(device), normalization)
             with autocast(device, dtype):
-                logits = model(x).float()
-                if flip_tta:
-                    logits = (logits + model(x.flip(3)).float()) / 2
+                logits = _tta_logits(model, x, tta)
             outputs.append(logits.cpu())
             if progress is not None:
                 progress(min(start + batch_size, len(images)), len(images))
@@ -82,3 +89,17 @@ def batched_logits(model: nn.Module, images: torch.Tensor, normalization: Normal
     if not outputs:
         return torch.empty(0, 0)
     return torch.cat(outputs)
+
+
+def _tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    def with_mirror(views: torch.Tensor) -> torch.Tensor:
+        return (model(views).float() + model(views.flip(3)).float()) / 2
+
+    if tta == "none":
+        return model(x).float()
+    logits = with_mirror(x)
+    if tta == "flip":
+        return logits
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = (with_mirror(padded[:, :, :-2, :-2]) + with_mirror(padded[:, :, 2:, 2:])) / 2
+    return (logits + shifted) / 2

@@ -57,6 +57,8 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    bias_lr_scale: float = 1.0
+    lookahead: bool = False
     augment: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
@@ -117,6 +119,8 @@ class TrainConfig:
             p.append(f"warm-up epochs must be between 0 and the number of epochs, got {self.warmup_epochs}")
         if not (0 <= self.label_smoothing < 1):
             p.append(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (0 < self.bias_lr_scale <= 1000):
+            p.append(f"bias lr scale must be greater than 0 and at most 1000, got {self.bias_lr_scale}")
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
         if unknown:
             p.append(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)}")
@@ -267,7 +271,8 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> 
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer the config names; weight decay is not applied to biases and norm shifts."""
+    """The optimizer the config names: group 0 holds the weights, group 1 the biases and norm
+    shifts, which get no weight decay (their lr is scaled by `group_lr_scales`)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
@@ -277,6 +282,58 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.Adam(groups, lr=config.lr)
+
+
+def group_lr_scales(config: TrainConfig) -> tuple[float, float]:
+    """lr multipliers of make_optimizer's two groups. airbench found that BatchNorm shifts under a
+    fixed unit scale want a far larger lr (64x) than the conv weights."""
+    return 1.0, config.bias_lr_scale
+
+
+class Lookahead:
+    """Lookahead of the weights (as in airbench): every `every` steps an average copy moves toward
+    the model by 1 - decay and the model is put back on it. The decay grows from 0 to 0.95^5 as
+    the cube of training progress, so it smooths the noisy late steps; at the end the model
+    becomes the average."""
+
+    every = 5
+    max_decay = 0.95 ** 5
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor] | None = None):
+        current = model.state_dict()
+        source = state if state is not None else current
+        self.average = {k: v.detach().to(current[k].device, copy=True) for k, v in source.items()
+                        if v.is_floating_point()}
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, steps_done: int, total_steps: int) -> None:
+        if steps_done % self.every == 0:
+            self._pull(model, self.max_decay * (steps_done / total_steps) ** 3)
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> None:
+        self._pull(model, 1.0)
+
+    def _pull(self, model: nn.Module, decay: float) -> None:
+        state = model.state_dict()
+        for key, average in self.average.items():
+            average.lerp_(state[key], 1 - decay)
+            state[key].copy_(average)
+
+
+def train_step(model: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, label_smoothing: float,
+               device: torch.device, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch (`model` may be a compiled module); returns the detached
+    loss and logits."""
+    with autocast(device, amp_dtype):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -330,6 +387,9 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
             scaler.load_state_dict(resume_from["scaler"])
         start_epoch = int(resume_from["epochs_done"])
         history = list(resume_from.get("metrics", []))
+    lookahead = None
+    if config.lookahead:
+        lookahead = Lookahead(model, resume_from.get("lookahead") if resume_from is not None else None)
 
     def save(epochs_done: int) -> None:
         if checkpoint_path is None:
@@ -338,7 +398,8 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
             model, model_name=config.model, width=config.width, classes=data.classes,
             normalization=normalization, config=config.to_dict(), metrics=history,
             extra={"epochs_done": epochs_done, "optimizer": optimizer.state_dict(),
-                   "scaler": scaler.state_dict(), "run_id": run_id})
+                   "scaler": scaler.state_dict(), "run_id": run_id,
+                   **({"lookahead": lookahead.average} if lookahead is not None else {})})
         checkpoints.save_atomic(payload, checkpoint_path)
 
     chance_loss = math.log(len(data.classes))
@@ -365,25 +426,20 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
                                  model, epoch, history)
             global_step = epoch * steps_per_epoch + step
             lr = config.lr * lr_factor(config.schedule, global_step, total_steps, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group, scale in zip(optimizer.param_groups, group_lr_scales(config)):
+                group["lr"] = lr * scale
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x = train_x[idx].float().div_(255)
             if config.augment:
                 x = augment_batch(x, config.augment, gen, fill=normalization.mean)
             x = normalization.apply(x).contiguous(memory_format=torch.channels_last)
             y = train_y[idx]
-            with autocast(device, amp_dtype):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            detached, logits = train_step(model, optimizer, scaler, x, y, config.label_smoothing, device, amp_dtype)
+            if lookahead is not None:
+                lookahead.after_step(model, global_step + 1, total_steps)
 
-            detached = loss.detach()
             loss_sum += detached * len(idx)
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += (logits.argmax(1) == y).sum()
             seen += len(idx)
             window_loss += detached
             window_steps += 1
@@ -402,6 +458,8 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
                         model, epoch, history)
                 window_loss, window_steps, window_images, t_window = torch.zeros((), device=device), 0, 0, now
 
+        if lookahead is not None and epoch + 1 == config.epochs:
+            lookahead.finish(model)
         train_loss = loss_sum.item() / max(seen, 1)
         val_loss, val_acc = _validate(model, val_x, val_y, normalization, device, amp_dtype)
         event = EpochEvent(run_id, epoch + 1, train_loss, correct.item() / max(seen, 1), val_loss, val_acc,

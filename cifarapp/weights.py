@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints
+from .evaluate import evaluate
+from .inference import TTA_MODES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -45,9 +53,6 @@ DATA_NOTE = ("Trained and tested on a JPEG-decoded (quality 75) copy of CIFAR-10
 
 def load_sample(path: Path = SAMPLE_PATH):
     """The fixed sample of test images shipped in assets/: (uint8 [N, 3, 32, 32], int64 labels [N])."""
-    import numpy as np
-    import torch
-
     with np.load(path) as f:
         return torch.from_numpy(f["x"]).permute(0, 3, 1, 2), torch.from_numpy(f["y"].astype(np.int64))
 
@@ -55,16 +60,14 @@ def load_sample(path: Path = SAMPLE_PATH):
 def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder: Path = WEIGHTS_DIR,
                    command: str = "") -> dict:
     """Write `<name>.pt` (weights, config, classes, normalisation and metrics; no optimizer state)
-    and its model card `<name>.json` with test-set and sample accuracy."""
-    import time
-
-    from . import checkpoints
-    from .evaluate import evaluate
-
+    and its model card `<name>.json` with test-set accuracy (also under each test-time
+    augmentation) and accuracy on the shipped sample."""
     payload = checkpoints.read(checkpoint)
-    slim = {k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}
+    slim = {k: v for k, v in payload.items() if k not in ("optimizer", "scaler", "lookahead")}  # training state
     loaded = checkpoints.LoadedModel.from_payload(slim)
     test = evaluate(loaded, test_images, test_labels)
+    tta = {mode: round(evaluate(loaded, test_images, test_labels, tta=mode).accuracy, 4)
+           for mode in TTA_MODES if mode != "none"}
     sample_images, sample_labels = load_sample()
     sample = evaluate(loaded, sample_images, sample_labels)
     history = payload.get("metrics", [])
@@ -73,6 +76,7 @@ def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder
         "model": payload["model"],
         "width": payload.get("width", 1.0),
         "test_accuracy": round(test.accuracy, 4),
+        "test_accuracy_tta": tta,
         "per_class_accuracy": dict(zip(test.classes, [round(float(a), 4) for a in test.per_class_accuracy])),
         "sample_accuracy": round(sample.accuracy, 4),
         "sample": f"assets/{SAMPLE_PATH.name} ({len(sample_labels)} test images)",

@@ -140,15 +140,20 @@ def test_each_augmentation_keeps_shape_range_and_varies_per_image(name):
     assert torch.equal(out, again), "same generator seed must give the same batch"
 
 
-def test_crop_is_a_pure_translation():
-    x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32).repeat(8, 3, 1, 1) / 1024
-    out = D.random_crop(x, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("name,pad", [("crop", 4), ("translate", 2)])
+def test_crop_and_translate_are_pure_translations_within_their_range(name, pad):
+    x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32).repeat(16, 3, 1, 1) / 1024
+    out = D.augment_batch(x, (name,), torch.Generator().manual_seed(0))
+    shifts = set()
     for img, src in zip(out, x):
-        # the centre 24x24 of the output must appear somewhere in the source unchanged
-        centre = img[0, 4:28, 4:28]
-        hits = [(dy, dx) for dy in range(9) for dx in range(9)
-                if torch.equal(src[0, dy:dy + 24, dx:dx + 24], centre)]
+        # the centre of the output must appear in the source unchanged, shifted by at most `pad`
+        side = 32 - 2 * pad
+        centre = img[0, pad:pad + side, pad:pad + side]
+        hits = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                if torch.equal(src[0, dy:dy + side, dx:dx + side], centre)]
         assert len(hits) == 1
+        shifts.add(hits[0])
+    assert len(shifts) > 3, "shifts vary per image"
 
 
 def test_flip_mirrors_exactly():

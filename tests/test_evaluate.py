@@ -34,3 +34,27 @@ def test_metrics_from_logits_hand_computed():
 def test_class_without_images_has_nan_accuracy():
     result = metrics_from_logits(torch.tensor([[1., 0, 0]]), torch.tensor([0]), CLASSES)
     assert result.per_class_accuracy[0] == 1 and np.isnan(result.per_class_accuracy[1])
+
+
+def test_tta_modes_average_the_views_computed_by_hand():
+    import torch.nn.functional as F
+
+    from cifarapp.data import Normalization, to_model_input
+    from cifarapp.inference import TTA_MODES, batched_logits
+    from cifarapp.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet").eval()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    x = to_model_input(images, Normalization())
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
+    with torch.no_grad():
+        plain = model(x)
+        mirrored = [(model(v) + model(v.flip(3))) / 2 for v in views]
+    expected = {"none": plain, "flip": mirrored[0], "flip_translate": (mirrored[0] + (mirrored[1] + mirrored[2]) / 2) / 2}
+    cpu = torch.device("cpu")
+    for mode in TTA_MODES:
+        got = batched_logits(model, images, Normalization(), cpu, None, batch_size=4, tta=mode)
+        assert torch.allclose(got, expected[mode], atol=1e-5), mode
+    assert not torch.allclose(expected["flip"], expected["flip_translate"])

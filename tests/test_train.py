@@ -7,7 +7,9 @@ import torch
 
 from cifarapp import checkpoints
 from cifarapp.predict import predict_pixels
-from cifarapp.train import ConfigError, EpochEvent, StepEvent, TrainConfig, fit, lr_factor
+from cifarapp.presets import PRESETS
+from cifarapp.train import (ConfigError, EpochEvent, Lookahead, StepEvent, TrainConfig, fit, group_lr_scales,
+                            lr_factor, make_optimizer)
 
 QUICK = dict(model="lenet", epochs=3, batch_size=64, val_size=200, lr=0.002)
 
@@ -71,8 +73,9 @@ def test_checkpoint_round_trip_gives_identical_predictions(small_data, tmp_path)
     assert len(loaded.meta["metrics"]) == 1 and "val_acc" in loaded.meta["metrics"][0]
 
 
-def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path):
-    cfg = TrainConfig(**{**QUICK, "schedule": "onecycle", "augment": ("crop", "flip")})
+@pytest.mark.parametrize("extra", [{}, {"lookahead": True, "bias_lr_scale": 8.0, "augment": ("translate", "flip")}])
+def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path, extra):
+    cfg = TrainConfig(**{**QUICK, "schedule": "onecycle", "augment": ("crop", "flip"), **extra})
     full = fit(cfg, small_data)
     stop = threading.Event()
 
@@ -93,6 +96,37 @@ def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path):
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_bias_lr_scale_applies_to_biases_only(small_data):
+    cfg = TrainConfig(**{**QUICK, "epochs": 1, "bias_lr_scale": 16.0})
+    model = fit(cfg, small_data).model
+    optimizer = make_optimizer(cfg, model)
+    weights, biases = optimizer.param_groups
+    assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in biases["params"])
+    assert group_lr_scales(cfg) == (1.0, 16.0) and biases["weight_decay"] == 0
+
+
+def test_lookahead_pulls_toward_the_average_and_ends_on_it():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    lookahead = Lookahead(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    lookahead.after_step(model, steps_done=3, total_steps=10)  # not a multiple of 5: nothing happens
+    assert model.weight.eq(1.0).all()
+    lookahead.after_step(model, steps_done=10, total_steps=10)  # decay 0.95^5: the average moves 22.6%
+    assert model.weight[0, 0].item() == pytest.approx(1 - 0.95 ** 5)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    lookahead.finish(model)  # the model becomes the average, which does not move
+    assert model.weight[0, 0].item() == pytest.approx(1 - 0.95 ** 5)
+
+
+def test_fast_preset_recipe_learns_on_a_small_set(small_data):
+    cfg = TrainConfig(**{**PRESETS["fast"].config.to_dict(), "epochs": 3, "batch_size": 128, "val_size": 200})
+    result = fit(cfg, small_data)
+    assert result.status == "finished" and result.history[-1]["val_acc"] > 0.6
 
 
 def test_lr_schedules():
@@ -117,6 +151,8 @@ def test_lr_schedules():
     ({"label_smoothing": 1.0}, "label smoothing"),
     ({"colour": 1}, "unknown setting"),
     ({"device": "tpu"}, "unknown device"),
+    ({"bias_lr_scale": 0}, "bias lr scale"),
+    ({"lookahead": "yes"}, "true or false"),
 ])
 def test_config_validation_messages(values, fragment):
     with pytest.raises(ConfigError) as err:

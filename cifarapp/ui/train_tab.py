@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -28,6 +30,15 @@ def owner_of(token: str | None, request: gr.Request | None) -> str:
     if token:
         return str(token)
     return f"session-{request.session_hash}" if request is not None and request.session_hash else "anonymous"
+
+
+def remove_older_than(directory: Path, max_age_s: float) -> None:
+    """Delete the files in `directory` last modified more than `max_age_s` seconds ago."""
+    cutoff = time.time() - max_age_s
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):  # another request may have removed it first
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
 
 
 def form_to_config(values: dict) -> TrainConfig:
@@ -107,6 +118,10 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
             nesterov = gr.Checkbox(default.nesterov, label="Nesterov (sgd)")
             width = gr.Number(default.width, label="Width multiplier (fastnet)", minimum=0.05, maximum=8)
         with gr.Row():
+            bias_lr_scale = gr.Number(default.bias_lr_scale, label="LR multiplier for biases and norm shifts",
+                                      minimum=0)
+            lookahead = gr.Checkbox(default.lookahead, label="Lookahead weight averaging (every 5 steps)")
+        with gr.Row():
             train_size = gr.Number(0, label="Training subset size (0 = all)", precision=0, minimum=0)
             val_size = gr.Number(default.val_size, label="Validation images", precision=0, minimum=0)
             seed = gr.Number(default.seed, label="Seed", precision=0, minimum=0)
@@ -121,10 +136,12 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
 
     form = {"model": model, "width": width, "optimizer": optimizer, "lr": lr, "momentum": momentum,
             "nesterov": nesterov, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
-            "schedule": schedule, "warmup_epochs": warmup, "label_smoothing": smoothing, "augment": augment,
+            "schedule": schedule, "warmup_epochs": warmup, "label_smoothing": smoothing,
+            "bias_lr_scale": bias_lr_scale, "lookahead": lookahead, "augment": augment,
             "seed": seed, "device": device, "precision": precision, "train_size": train_size,
             "val_size": val_size}
-    fields, inputs = list(form), list(form.values())
+    fields = list(TrainConfig().to_dict())  # the API takes the inputs in the config's field order
+    inputs = [form[f] for f in fields]
 
     def form_values(data: dict) -> dict:
         """Gradio passes a set of inputs as {component: value}; key it by config field instead."""
@@ -174,6 +191,7 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
             raise gr.Error(f"Fix the form first: {exc}")
         text = json.dumps(config.to_dict(), indent=2)
         CONFIG_DIR.mkdir(exist_ok=True)
+        remove_older_than(CONFIG_DIR, ctx.cache_max_age_s)
         path = CONFIG_DIR / f"cifarapp-config-{config.model}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
         path.write_text(text)
         return str(path)

@@ -1,0 +1,122 @@
+"""On a CUDA GPU: the fast recipe against airbench94 itself, same data, same GPU, one run.
+
+    pip install airbench==0.1.8   # MIT licence; CUDA only
+    python benchmarks/gpu_vs_airbench.py [--data ../shared/data/cifar10.npz] [--runs 3]
+
+airbench reads `cifar10/train.pt` and `cifar10/test.pt` from the working directory (and would
+download CIFAR-10 without them), so this script first writes them from the project's npz. It
+warms up both (kernel selection), then alternates timed runs: airbench94 with its defaults
+(9.9 epochs, flip + translate TTA), and ours (`fastnet` width 1.0, the fast recipe at batch 1024,
+per-image hyperparameters as in `cifarapp/presets.py`). Times exclude evaluation on both sides.
+It prints each run and the ratio of our time to airbench's time to reach airbench's mean accuracy
+(ours: the first epoch whose flip + translate TTA accuracy reaches it). Never run in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cifarapp.data import Normalization, load_cifar10  # noqa: E402
+from cifarapp.inference import batched_logits, resolve_precision  # noqa: E402
+from cifarapp.train import TrainConfig, fit  # noqa: E402
+
+OURS = TrainConfig(model="fastnet", width=1.0, optimizer="sgd", lr=1.5, momentum=0.85, nesterov=True,
+                   weight_decay=0.00133, epochs=10, batch_size=1024, schedule="onecycle", warmup_epochs=2.0,
+                   label_smoothing=0.2, bias_lr_scale=64.0, lookahead=True, augment=("translate", "flip"),
+                   device="cuda", val_size=0)
+
+
+def write_airbench_files(data, folder: Path) -> None:
+    """airbench's CifarLoader format: uint8 NHWC images, int64 labels, class names."""
+    folder.mkdir(exist_ok=True)
+    for split, images, labels in (("train", data.train_images, data.train_labels),
+                                  ("test", data.test_images, data.test_labels)):
+        torch.save({"images": images.permute(0, 2, 3, 1).contiguous(), "labels": labels.long(),
+                    "classes": list(data.classes)}, folder / f"{split}.pt")
+
+
+def time_airbench() -> tuple[float, float]:
+    """(training seconds, flip + translate TTA test accuracy) of one airbench94 run."""
+    import airbench
+
+    loader = airbench.CifarLoader("cifar10", train=True, batch_size=1024, aug={"flip": True, "translate": 2},
+                                  altflip=True)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    model = airbench.train94(loader, verbose=False)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    test_loader = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
+    return seconds, float(airbench.evaluate(model, test_loader, tta_level=2))
+
+
+def time_ours(config: TrainConfig, data) -> list[dict]:
+    """Per epoch: training seconds so far and flip + translate TTA test accuracy."""
+    device = torch.device("cuda")
+    dtype = resolve_precision(config.precision, device)
+    rows: list[dict] = []
+
+    def measure(epoch: int, model) -> None:  # fit excludes this callback's time from elapsed
+        torch.cuda.synchronize()
+        logits = batched_logits(model, data.test_images, Normalization(), device, dtype, batch_size=2000,
+                                tta="flip_translate")
+        rows.append({"epoch": epoch, "acc": (logits.argmax(1) == data.test_labels).float().mean().item()})
+
+    result = fit(config, data, on_epoch_end=measure)
+    for row, epoch in zip(rows, result.history):
+        row["train_s"] = epoch["elapsed_s"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/cifar10.npz")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (airbench runs only on CUDA)")
+
+    data = load_cifar10(args.data)
+    write_airbench_files(data, Path("cifar10"))
+    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
+    import airbench
+
+    airbench.warmup94(verbose=False)
+    fit(TrainConfig(**{**OURS.to_dict(), "epochs": 1}), data)  # warm-up: kernels, allocator
+    theirs, ours = [], []
+    for run in range(args.runs):
+        theirs.append(time_airbench())
+        print(f"airbench94 run {run}: {theirs[-1][0]:.2f} s, TTA accuracy {theirs[-1][1]:.4f}", flush=True)
+        ours.append(time_ours(OURS, data))
+        print(f"ours run {run}: " + ", ".join(f"ep{r['epoch']} {r['train_s']:.2f}s {r['acc']:.4f}"
+                                              for r in ours[-1]), flush=True)
+
+    target = statistics.mean(acc for _, acc in theirs)
+    their_time = statistics.mean(s for s, _ in theirs)
+    hits = [next((r["train_s"] for r in rows if r["acc"] >= target), None) for rows in ours]
+    reached = [h for h in hits if h is not None]
+    print(f"airbench94: {their_time:.2f} s to {target:.4f} (mean of {args.runs})")
+    if reached:
+        our_time = statistics.mean(reached)
+        print(f"ours: {our_time:.2f} s to the same accuracy in {len(reached)}/{args.runs} runs; "
+              f"ratio ours/airbench = {our_time / their_time:.2f}x")
+    else:
+        finals = [rows[-1]["acc"] for rows in ours]
+        print(f"ours never reached {target:.4f}; final TTA accuracies {np.round(finals, 4).tolist()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"airbench94": theirs, "ours": ours, "target": target}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
