@@ -227,7 +227,7 @@ class RunManager:
     closed tab does not end a run at once, but an abandoned one does not hold the trainer forever.
     """
 
-    def __init__(self, runs_root: str | Path, data_provider: Callable[[], CifarData], *,
+    def __init__(self, runs_root: str | Path, data_provider: Callable[[], CifarData] | None = None, *,
                  max_active: int = 1, abandon_after_s: float | None = 600.0):
         self.root = Path(runs_root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -264,6 +264,8 @@ class RunManager:
         """The dataset, loaded on first use (may download)."""
         with self._data_lock:
             if self._data is None:
+                if self._data_provider is None:
+                    raise RunError("this run manager only reads runs; it was given no training data")
                 self._data = self._data_provider()
             return self._data
 

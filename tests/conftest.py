@@ -1,9 +1,16 @@
-"""Shared fixtures: small synthetic data sets made in memory, never downloaded."""
+"""Shared fixtures: small synthetic data sets made in memory (never downloaded) and the live app."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -28,43 +35,56 @@ def runs_root(tmp_path):
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+class AppServer(NamedTuple):
+    url: str
+    runs: Path
+    pid: int
+    log: Path
+
+
+@contextlib.contextmanager
+def running_app(tmp: Path, *extra_args: str, env: dict | None = None):
+    """`python app.py` on synthetic data and a free loopback port, with runs in `tmp/runs` and
+    Gradio's upload cache in `tmp/gradio`; yields an AppServer and stops the app afterwards."""
+    runs = tmp / "runs"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_TEMP_DIR": str(tmp / "gradio"), **(env or {})}
+    # the app's output goes to a file: an unread pipe fills up and then blocks the server's logging
+    log = tmp / "app.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data", "synthetic", "--runs-dir",
+                                 str(runs), "--host", "127.0.0.1", "--port", str(port), *extra_args],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"app exited: {log.read_text()[-3000:]}")
+                if time.time() > deadline:
+                    raise RuntimeError("app did not start within 120 s")
+                time.sleep(0.5)
+        yield AppServer(url, runs, proc.pid, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
-    """`python app.py` on synthetic data and a free loopback port; yields its URL and runs folder."""
-    import os
-    import subprocess
-    import time
-    import urllib.request
-
-    runs = tmp_path_factory.mktemp("app") / "runs"
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data", "synthetic", "--runs-dir", str(runs),
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app exited: {proc.stdout.read()}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("app did not start within 120 s")
-    yield url, runs
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    """The app on synthetic data, shared by one test module."""
+    with running_app(tmp_path_factory.mktemp("app")) as server:
+        yield server

@@ -1,39 +1,15 @@
 """The app over its HTTP API with gradio_client: two sessions, start/refuse/stop, evaluate, predict."""
 
-import time
-
 import numpy as np
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from cifarapp.presets import PRESETS
-from cifarapp.ui.train_tab import config_to_form
-
-FIELDS = ["model", "width", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "epochs", "batch_size",
-          "schedule", "warmup_epochs", "label_smoothing", "augment", "seed", "device", "precision", "train_size",
-          "val_size"]
-
-
-def form(**overrides):
-    config = PRESETS["report_lenet"].config
-    values = dict(zip(FIELDS, config_to_form(config, FIELDS)))
-    values.update(val_size=200, **overrides)
-    return [values[f] for f in FIELDS]
-
-
-def poll_until(client, token, done, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = client.predict(token, api_name="/poll")
-        if done(out):
-            return out
-        time.sleep(0.3)
-    raise AssertionError(f"timed out; last poll: {out[3]}")
+from api_helpers import form, poll_until
 
 
 def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
-    url, runs = app_server
+    url, runs = app_server.url, app_server.runs
     alice, bob = Client(url, verbose=False), Client(url, verbose=False)
 
     status = alice.predict("alice", *form(epochs=200, batch_size=32), api_name="/start")
@@ -58,7 +34,7 @@ def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
     assert len(loss) > 10, "the loss plot has points"
     assert (runs / run_id / "checkpoint.pt").is_file()
 
-    ev = bob.predict(f"run:{run_id}", False, api_name="/evaluate")
+    ev = bob.predict(f"run:{run_id}", "flip_translate", api_name="/evaluate")
     accuracy = float(ev[1].split("Accuracy ")[1].split("%")[0]) / 100
     assert accuracy > 0.5  # chance is 0.1 on the synthetic shapes
     assert "synthetic" in ev[0]
@@ -74,7 +50,7 @@ def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not a png")
     label, seen, message = bob.predict(f"run:{run_id}", handle_file(str(bad)), api_name="/predict")
-    assert "bad.png: not an image file" in message and seen is None
+    assert "bad.png: not an image file" in message and not seen
     again = bob.predict(f"run:{run_id}", handle_file(str(image)), api_name="/predict")
     assert again[0]["label"] and again[2] == "", "the server keeps serving after a bad file"
     rows, message = bob.predict(f"run:{run_id}", [handle_file(str(image)), handle_file(str(bad))],
@@ -83,7 +59,7 @@ def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
 
 
 def test_invalid_settings_start_nothing(app_server):
-    url, runs = app_server
+    url, runs = app_server.url, app_server.runs
     client = Client(url, verbose=False)
     before = set(runs.iterdir()) if runs.exists() else set()
     for bad in [dict(lr=-1), dict(epochs=0), dict(batch_size=10**9), dict(lr=1e9),

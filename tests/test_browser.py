@@ -35,8 +35,36 @@ def page(app_server):
         browser.close()
 
 
+BAD_SETTINGS = [("Learning rate", "-1"), ("Learning rate", "1e9"), ("Epochs", "0"), ("Epochs", "2.5"),
+                ("Batch size", "1000000000"), ("Label smoothing", "1.5"), ("Warm-up epochs", "99"),
+                ("Weight decay", "-0.1")]
+
+
+def test_bad_settings_typed_in_the_browser_start_nothing(page, app_server):
+    SHOTS.mkdir(exist_ok=True)
+    for label, value in BAD_SETTINGS:
+        page.goto(app_server.url)
+        page.get_by_role("button", name="Start training").wait_for()
+        field = page.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Tab")
+        page.get_by_role("button", name="Start training").click()
+        # our validation message in the status line, or Gradio's own range check as an error toast
+        page.wait_for_function(
+            "document.querySelector('#train-status')?.innerText.includes('Not started')"
+            " || [...document.querySelectorAll('.toast-body')].some(t => /error/i.test(t.innerText))")
+        if label == "Learning rate" and value == "1e9":
+            page.screenshot(path=str(SHOTS / "bad_settings.png"), full_page=True)
+        page.wait_for_timeout(300)
+        made = sorted(p.name for p in app_server.runs.iterdir()) if app_server.runs.exists() else []
+        assert made == [], f"{label}={value} made run folders {made}"
+    page.goto(app_server.url)
+    page.get_by_role("button", name="Start training").wait_for()
+    assert "running" not in page.locator("#train-status").inner_text()
+
+
 def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
-    url, runs = app_server
+    url, runs = app_server.url, app_server.runs
     SHOTS.mkdir(exist_ok=True)
     page.goto(url)
     page.get_by_role("button", name="Start training").wait_for()

@@ -91,3 +91,17 @@ def test_format_duration():
     assert charts.format_duration(125) == "2m05s"
     assert charts.format_duration(3725) == "1h02m05s"
     assert charts.format_duration(None) == "–"
+
+
+def test_old_saved_configs_are_removed_and_recent_ones_kept(tmp_path):
+    import os
+    import time
+
+    from cifarapp.ui.train_tab import remove_older_than
+
+    old, recent = tmp_path / "old.json", tmp_path / "recent.json"
+    old.write_text("{}")
+    recent.write_text("{}")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    remove_older_than(tmp_path, 3600)
+    assert not old.exists() and recent.exists()

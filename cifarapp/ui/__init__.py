@@ -10,12 +10,15 @@ from .context import AppContext, DataSettings, new_owner_token
 CSS = """
 .cf-progress {display:flex; gap:12px; align-items:center; font-variant-numeric: tabular-nums;}
 .cf-progress progress {width: 260px; height: 14px;}
+.cf-pixels img {image-rendering: pixelated;}
+.cf-pixels figcaption {font-size: 0.85em; opacity: 0.8;}
 """
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     """The whole app. Launch with `launch(demo)` or `demo.launch(...)` with CSS and allowed paths."""
-    with gr.Blocks(title="cifarapp: CIFAR-10 trainer", delete_cache=(3600, 3600)) as demo:
+    age = ctx.cache_max_age_s  # Gradio checks this often and deletes its cached files older than it
+    with gr.Blocks(title="cifarapp: CIFAR-10 trainer", delete_cache=(age, age)) as demo:
         owner = gr.BrowserState(None, storage_key="cifarapp-owner")
         gr.Markdown("# cifarapp · train, evaluate and use a CIFAR-10 classifier\n"
                     "Accuracies here come from a JPEG-decoded copy of CIFAR-10 when run on the project's data; "

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+
 import gradio as gr
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image
 
 from ..runs import RunSnapshot
 
@@ -92,6 +97,17 @@ def confusion_figure(confusion: np.ndarray, classes) -> Figure:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     return fig
+
+
+def pixels_html(image_hwc: np.ndarray, caption: str, size: int = 160) -> str:
+    """An <img> holding a small uint8 RGB image as an inline PNG, drawn enlarged with sharp pixels.
+    Inline, so no file is written: Gradio rewrites a cached output file in place, and readers of
+    an identical output from a concurrent request could get it half-written."""
+    buffer = io.BytesIO()
+    Image.fromarray(image_hwc).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f"<figure class='cf-pixels'><img src='data:image/png;base64,{data}' width='{size}' height='{size}' "
+            f"alt='{html.escape(caption, quote=True)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def upscale(image_hwc: np.ndarray, factor: int = 4) -> np.ndarray:

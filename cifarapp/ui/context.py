@@ -61,14 +61,16 @@ class AppContext:
     manager: RunManager
     catalog: ModelCatalog
     data_settings: DataSettings
+    cache_max_age_s: int = 3600  # uploads and files made for download are deleted after this
     _eval_set: EvalSet | None = None
     _eval_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, runs_root: str | Path = "runs", data_settings: DataSettings = DataSettings(),
-               max_active: int = 1, abandon_after_s: float | None = 600.0) -> "AppContext":
+               max_active: int = 1, abandon_after_s: float | None = 600.0,
+               cache_max_age_s: int = 3600) -> "AppContext":
         manager = RunManager(runs_root, data_settings.load, max_active=max_active, abandon_after_s=abandon_after_s)
-        return cls(manager, ModelCatalog(manager), data_settings)
+        return cls(manager, ModelCatalog(manager), data_settings, cache_max_age_s)
 
     def eval_set(self) -> EvalSet:
         """The full test set when the data is already here (no download), else the shipped sample."""

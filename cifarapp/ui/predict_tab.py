@@ -28,8 +28,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
             files = gr.File(file_count="multiple", file_types=["image"], label="…or several image files")
         with gr.Column():
             label = gr.Label(label="Prediction", num_top_classes=3, elem_id="predict-label")
-            seen = gr.Image(label="What the model sees (32x32, enlarged)", interactive=False, height=180,
-                            width=180, buttons=[], elem_id="predict-seen")
+            seen = gr.HTML(elem_id="predict-seen")
             message = gr.Markdown("")
     batch = gr.Dataframe(headers=["file", "top class", "probability", "runner-up"], label="Several files",
                          visible=True)
@@ -52,11 +51,12 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     def predict_one(key: str, path: str | None):
         if not path:
-            return None, None, ""
+            return None, "", ""
         classes, pixels, _, probs, problems = classify(key, [path])
         if problems:
-            return None, None, f"⚠️ {problems[0]}"
-        return ({c: float(p) for c, p in zip(classes, probs[0])}, charts.upscale(pixels[0], 5), "")
+            return None, "", f"⚠️ {problems[0]}"
+        return ({c: float(p) for c, p in zip(classes, probs[0])},
+                charts.pixels_html(pixels[0], "What the model sees: 32x32 pixels, enlarged"), "")
 
     def predict_many(key: str, paths: list | None):
         if not paths:
