@@ -58,7 +58,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "TTA) after 5 epochs in 223 s. See the README.",
            TrainConfig(**_FAST)),
     Preset("fast_long", "fastnet width 0.75, fast recipe: 10 epochs, about 9 minutes on 2 CPU cores",
-           "Not in the report. The recipe of the shipped fastnet weights: 88.7% test accuracy (89.8% with "
-           "flip + translate TTA) after 10 epochs in 538 s on 2 CPU cores (weights/fastnet.json).",
+           "Not in the report. Measured on 2 CPU cores: 88.7% test accuracy (89.8% with flip + translate "
+           "TTA) after 10 epochs in 538 s; shipped as weights/fastnet_w075.pt.",
            TrainConfig(**{**_FAST, "width": 0.75, "epochs": 10, "warmup_epochs": 2.0})),
 ]}
