@@ -30,14 +30,18 @@ OPTION_HELP = {
     "lr": "peak learning rate",
     "momentum": "SGD momentum",
     "nesterov": "use Nesterov momentum (sgd)",
-    "weight_decay": "L2 weight decay on weights (not biases or norm shifts)",
+    "weight_decay": "L2 weight decay (biases and norm shifts get it divided by the bias lr scale)",
     "epochs": "passes over the training set",
     "batch_size": "images per step",
     "schedule": f"learning-rate schedule after warm-up: {', '.join(SCHEDULES)} (onecycle = linear decay to 0)",
-    "warmup_epochs": "epochs of linear warm-up from 0 to the peak lr",
+    "warmup_epochs": "epochs of linear warm-up to the peak lr",
+    "lr_start_fraction": "lr at the start of the warm-up, as a fraction of the peak (airbench: 0.2)",
+    "lr_end_fraction": "lr at the end of the decay (onecycle, cosine), as a fraction of the peak (airbench: 0.07)",
     "label_smoothing": "label smoothing of the cross-entropy loss, 0 to <1",
     "bias_lr_scale": "lr multiplier for biases and norm shifts (airbench uses 64 with fastnet)",
     "lookahead": "lookahead averaging of the weights every 5 steps, growing toward the end",
+    "stem_bias_epochs": "train fastnet's whitening-stem bias for only this many epochs, then freeze it "
+                        "(saves backward work; 0 = train it throughout)",
     "augment": f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}",
     "seed": "random seed (same seed on CPU gives the same numbers)",
     "device": f"training device: {', '.join(DEVICES)}",
@@ -120,13 +124,12 @@ def _config_from_args(args) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def _number(name: str, raw: str):
+def _number(name: str, raw: str) -> float:
+    """A number option as a float; TrainConfig.from_dict turns whole floats into whole-number settings."""
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
         raise ConfigError([f"--{name.replace('_', '-')} must be a number, got {raw!r}"]) from None
-    return int(value) if value.is_integer() and name not in ("lr", "width", "weight_decay", "momentum",
-                                                           "label_smoothing", "warmup_epochs") else value
 
 
 class ProgressPrinter:

@@ -34,6 +34,8 @@ AUGMENTATIONS = {
     "crop": "random translation by up to 4 pixels with reflect padding",
     "translate": "random translation by up to 2 pixels with reflect padding (gentler crop for short runs)",
     "flip": "horizontal flip with probability 0.5",
+    "alt_flip": "horizontal flip of a fixed random half of the images, then of the other half in the "
+                "next epoch, alternating (airbench's alternating flip: every image is seen both ways)",
     "cutout": "one 8x8 square set to the mean colour",
     "color": "brightness, saturation and hue jitter",
     "rotate": "rotation by up to 15 degrees",
@@ -217,14 +219,27 @@ def to_model_input(images: torch.Tensor, normalization: Normalization) -> torch.
 
 
 def augment_batch(pixels01: torch.Tensor, names: tuple[str, ...], generator: torch.Generator,
-                  fill: tuple[float, float, float] = CIFAR10_MEAN) -> torch.Tensor:
+                  fill: tuple[float, float, float] = CIFAR10_MEAN,
+                  flip_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the named augmentations to a float batch [B, 3, H, W] in [0, 1], each image drawn
-    independently. `generator` lives on the batch's device, so runs are reproducible."""
+    independently. `generator` lives on the batch's device, so runs are reproducible.
+    `flip_mask` (bool [B], from `alternating_flip_mask`) says which images "alt_flip" mirrors;
+    without it they are drawn at random, as in an alternating run's first epoch."""
     x = pixels01
     for name in AUGMENTATIONS:  # a fixed order, whatever order the names were given in
-        if name in names:
+        if name not in names:
+            continue
+        if name == "alt_flip" and flip_mask is not None:
+            x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
+        else:
             x = _AUGMENT_FUNCTIONS[name](x, generator, fill)
     return x
+
+
+def alternating_flip_mask(first_epoch_flips: torch.Tensor, image_ids: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images of a batch "alt_flip" mirrors in `epoch` (0-based): the run's fixed random
+    choice (bool [N] over the training set) in even epochs, its complement in odd ones."""
+    return first_epoch_flips[image_ids] ^ bool(epoch % 2)
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -300,6 +315,7 @@ _AUGMENT_FUNCTIONS = {
     "crop": random_crop,
     "translate": functools.partial(random_crop, pad=2),
     "flip": random_flip,
+    "alt_flip": random_flip,
     "cutout": random_cutout,
     "color": random_color,
     "rotate": random_rotate,

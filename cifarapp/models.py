@@ -133,6 +133,11 @@ class FastNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight.dtype))
         self.whiten.bias.zero_()
 
+    def freeze_stem(self) -> None:
+        """Stop training the stem's bias. Nothing before the first conv group then needs a
+        gradient, so backward skips the stem's GELU and the first conv's input gradient."""
+        self.whiten.bias.requires_grad_(False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
         return self.head(self.pool(x).flatten(1)) * self.logit_scale
@@ -146,6 +151,7 @@ class ModelSpec:
     description: str
     build: Callable[..., nn.Module]
     accepts_width: bool = False
+    whitening_stem: bool = False
 
 
 _SPECS = [
@@ -160,7 +166,8 @@ _SPECS = [
     ModelSpec("resnet18", "CIFAR-style ResNet-18 (3x3 stem, no stem max-pool), from torchvision",
               lambda num_classes=10: cifar_resnet18(num_classes)),
     ModelSpec("fastnet", "Speed-oriented airbench-style net: whitening stem, 3 conv groups, width knob",
-              lambda num_classes=10, width=1.0: FastNet(num_classes, width), accepts_width=True),
+              lambda num_classes=10, width=1.0: FastNet(num_classes, width), accepts_width=True,
+              whitening_stem=True),
 ]
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints
-from .data import AUGMENTATIONS, CifarData, Normalization, augment_batch, split_train_val
+from .data import AUGMENTATIONS, CifarData, Normalization, alternating_flip_mask, augment_batch, split_train_val
 from .inference import DEVICES, PRECISIONS, autocast, batched_logits, resolve_device, resolve_precision
 from .models import MODELS, build_model
 
@@ -56,9 +56,12 @@ class TrainConfig:
     batch_size: int = 128
     schedule: str = "constant"
     warmup_epochs: float = 0.0
+    lr_start_fraction: float = 0.0
+    lr_end_fraction: float = 0.0
     label_smoothing: float = 0.0
     bias_lr_scale: float = 1.0
     lookahead: bool = False
+    stem_bias_epochs: int = 0
     augment: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
@@ -117,10 +120,19 @@ class TrainConfig:
             p.append(f"unknown lr schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
         if not (0 <= self.warmup_epochs <= self.epochs):
             p.append(f"warm-up epochs must be between 0 and the number of epochs, got {self.warmup_epochs}")
+        for name in ("lr_start_fraction", "lr_end_fraction"):
+            if not (0 <= getattr(self, name) <= 1):
+                p.append(f"{name.replace('_', ' ')} must be in [0, 1] (a fraction of the peak lr), "
+                         f"got {getattr(self, name)}")
         if not (0 <= self.label_smoothing < 1):
             p.append(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if not (0 < self.bias_lr_scale <= 1000):
             p.append(f"bias lr scale must be greater than 0 and at most 1000, got {self.bias_lr_scale}")
+        if not (0 <= self.stem_bias_epochs <= self.epochs):
+            p.append(f"stem bias epochs must be between 0 and the number of epochs, got {self.stem_bias_epochs}")
+        elif self.stem_bias_epochs and self.model in MODELS and not MODELS[self.model].whitening_stem:
+            p.append(f"stem bias epochs applies only to models with a whitening stem "
+                     f"({', '.join(m for m, s in MODELS.items() if s.whitening_stem)}); set it to 0 for {self.model}")
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
         if unknown:
             p.append(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)}")
@@ -257,26 +269,29 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
-    """Multiplier of the base lr at `step` (0-based): linear warm-up from 0, then constant,
-    linear decay to 0 (onecycle) or cosine decay to 0."""
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int,
+              start_fraction: float = 0.0, end_fraction: float = 0.0) -> float:
+    """Multiplier of the base lr at `step` (0-based): linear warm-up from `start_fraction`, then
+    constant, linear decay (onecycle) or cosine decay down to `end_fraction`. airbench's
+    triangle is onecycle from 0.2 to 0.07: a cold start wastes the first steps, and a final lr
+    above 0 keeps learning while lookahead averages the last steps."""
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return start_fraction + (1 - start_fraction) * (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "onecycle":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = 1.0 - progress if schedule == "onecycle" else 0.5 * (1 + math.cos(math.pi * progress))
+    return end_fraction + (1 - end_fraction) * decay
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer the config names: group 0 holds the weights, group 1 the biases and norm
-    shifts, which get no weight decay (their lr is scaled by `group_lr_scales`)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    shifts. Group 1's lr is scaled by `group_lr_scales` and its weight decay divided by the same
+    factor, so both groups shrink by the same fraction per step (as in airbench)."""
+    weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": weights, "weight_decay": config.weight_decay},
+              {"params": biases, "weight_decay": config.weight_decay / config.bias_lr_scale}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer == "adamw":
@@ -371,6 +386,10 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     n = len(train_x)
+    # alt_flip's per-image choice is fixed for the whole run (drawn from the seed, so a resumed
+    # run draws the same one)
+    first_epoch_flips = torch.rand(n, device=device, generator=torch.Generator(device=device).manual_seed(
+        config.seed)) < 0.5
     steps_per_epoch = math.ceil(n / config.batch_size)
     if n % config.batch_size == 1:
         steps_per_epoch -= 1  # a batch of one image breaks BatchNorm; drop it
@@ -410,6 +429,8 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         return elapsed_before + time.perf_counter() - t_start
 
     for epoch in range(start_epoch, config.epochs):
+        if config.stem_bias_epochs and epoch >= config.stem_bias_epochs:
+            model.freeze_stem()
         torch.manual_seed(_epoch_seed(config.seed, epoch))
         gen = torch.Generator(device=device).manual_seed(_epoch_seed(config.seed, epoch))
         order = torch.randperm(n, device=device, generator=gen)
@@ -425,13 +446,16 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
                 return FitResult("stopped", f"stopped during epoch {epoch + 1} of {config.epochs}",
                                  model, epoch, history)
             global_step = epoch * steps_per_epoch + step
-            lr = config.lr * lr_factor(config.schedule, global_step, total_steps, warmup_steps)
+            lr = config.lr * lr_factor(config.schedule, global_step, total_steps, warmup_steps,
+                                       config.lr_start_fraction, config.lr_end_fraction)
             for group, scale in zip(optimizer.param_groups, group_lr_scales(config)):
                 group["lr"] = lr * scale
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x = train_x[idx].float().div_(255)
             if config.augment:
-                x = augment_batch(x, config.augment, gen, fill=normalization.mean)
+                x = augment_batch(x, config.augment, gen, fill=normalization.mean,
+                                  flip_mask=alternating_flip_mask(first_epoch_flips, idx, epoch)
+                                  if "alt_flip" in config.augment else None)
             x = normalization.apply(x).contiguous(memory_format=torch.channels_last)
             y = train_y[idx]
             detached, logits = train_step(model, optimizer, scaler, x, y, config.label_smoothing, device, amp_dtype)

@@ -163,6 +163,19 @@ def test_flip_mirrors_exactly():
         assert torch.equal(img, src) or torch.equal(img, src.flip(2))
 
 
+def test_alternating_flip_mirrors_each_image_one_way_then_the_other():
+    first = torch.rand(100, generator=torch.Generator().manual_seed(0)) < 0.5
+    ids = torch.tensor([3, 50, 7, 99])
+    even = D.alternating_flip_mask(first, ids, epoch=0)
+    odd = D.alternating_flip_mask(first, ids, epoch=1)
+    assert torch.equal(even, first[ids]) and torch.equal(odd, ~first[ids])
+    assert torch.equal(D.alternating_flip_mask(first, ids, epoch=4), even)
+    x = _batch_images(4)
+    out = D.augment_batch(x, ("alt_flip",), torch.Generator(), flip_mask=odd)
+    for img, src, flipped in zip(out, x, odd):
+        assert torch.equal(img, src.flip(2) if flipped else src)
+
+
 def test_normalization_round_trip():
     norm = D.Normalization()
     assert D.Normalization.from_dict(norm.to_dict()) == norm

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cifarapp import checkpoints
+from cifarapp.models import build_model
 from cifarapp.predict import predict_pixels
 from cifarapp.presets import PRESETS
 from cifarapp.train import (ConfigError, EpochEvent, Lookahead, StepEvent, TrainConfig, fit, group_lr_scales,
@@ -73,7 +74,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(small_data, tmp_path)
     assert len(loaded.meta["metrics"]) == 1 and "val_acc" in loaded.meta["metrics"][0]
 
 
-@pytest.mark.parametrize("extra", [{}, {"lookahead": True, "bias_lr_scale": 8.0, "augment": ("translate", "flip")}])
+@pytest.mark.parametrize("extra", [{}, {"lookahead": True, "bias_lr_scale": 8.0, "augment": ("translate", "alt_flip")}])
 def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path, extra):
     cfg = TrainConfig(**{**QUICK, "schedule": "onecycle", "augment": ("crop", "flip"), **extra})
     full = fit(cfg, small_data)
@@ -99,12 +100,18 @@ def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path, extra):
 
 
 def test_bias_lr_scale_applies_to_biases_only(small_data):
-    cfg = TrainConfig(**{**QUICK, "epochs": 1, "bias_lr_scale": 16.0})
+    cfg = TrainConfig(**{**QUICK, "epochs": 1, "bias_lr_scale": 16.0})  # no weight decay
     model = fit(cfg, small_data).model
     optimizer = make_optimizer(cfg, model)
     weights, biases = optimizer.param_groups
     assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in biases["params"])
     assert group_lr_scales(cfg) == (1.0, 16.0) and biases["weight_decay"] == 0
+
+
+def test_biases_decay_per_step_like_the_weights():
+    cfg = TrainConfig(model="fastnet", optimizer="sgd", weight_decay=0.002, bias_lr_scale=64.0)
+    weights, biases = make_optimizer(cfg, build_model("fastnet", width=0.25)).param_groups
+    assert weights["weight_decay"] == 0.002 and biases["weight_decay"] == pytest.approx(0.002 / 64)
 
 
 def test_lookahead_pulls_toward_the_average_and_ends_on_it():
@@ -136,6 +143,11 @@ def test_lr_schedules():
     assert lr_factor("onecycle", 55, 100, 10) == pytest.approx(0.5)
     assert lr_factor("cosine", 10, 110, 10) == 1
     assert lr_factor("cosine", 60, 110, 10) == pytest.approx(0.5)
+    # airbench's triangle: warm-up from 0.2 of the peak, decay to 0.07 of it
+    assert lr_factor("onecycle", 0, 100, 10, 0.2, 0.07) == pytest.approx(0.2 + 0.8 * 0.1)
+    assert lr_factor("onecycle", 10, 100, 10, 0.2, 0.07) == 1
+    assert lr_factor("onecycle", 99, 100, 10, 0.2, 0.07) == pytest.approx(0.07 + 0.93 / 90)
+    assert lr_factor("cosine", 110, 110, 10, 0.0, 0.1) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("values,fragment", [

@@ -120,7 +120,14 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
         with gr.Row():
             bias_lr_scale = gr.Number(default.bias_lr_scale, label="LR multiplier for biases and norm shifts",
                                       minimum=0)
+            lr_start_fraction = gr.Number(default.lr_start_fraction, minimum=0, maximum=1,
+                                          label="Warm-up starts at this fraction of the peak lr")
+            lr_end_fraction = gr.Number(default.lr_end_fraction, minimum=0, maximum=1,
+                                        label="Decay ends at this fraction of the peak lr")
+        with gr.Row():
             lookahead = gr.Checkbox(default.lookahead, label="Lookahead weight averaging (every 5 steps)")
+            stem_bias_epochs = gr.Number(default.stem_bias_epochs, precision=0, minimum=0,
+                                         label="Train the whitening stem's bias for this many epochs (fastnet; 0 = all)")
         with gr.Row():
             train_size = gr.Number(0, label="Training subset size (0 = all)", precision=0, minimum=0)
             val_size = gr.Number(default.val_size, label="Validation images", precision=0, minimum=0)
@@ -136,8 +143,10 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
 
     form = {"model": model, "width": width, "optimizer": optimizer, "lr": lr, "momentum": momentum,
             "nesterov": nesterov, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
-            "schedule": schedule, "warmup_epochs": warmup, "label_smoothing": smoothing,
-            "bias_lr_scale": bias_lr_scale, "lookahead": lookahead, "augment": augment,
+            "schedule": schedule, "warmup_epochs": warmup, "lr_start_fraction": lr_start_fraction,
+            "lr_end_fraction": lr_end_fraction, "label_smoothing": smoothing,
+            "bias_lr_scale": bias_lr_scale, "lookahead": lookahead, "stem_bias_epochs": stem_bias_epochs,
+            "augment": augment,
             "seed": seed, "device": device, "precision": precision, "train_size": train_size,
             "val_size": val_size}
     fields = list(TrainConfig().to_dict())  # the API takes the inputs in the config's field order
