@@ -229,8 +229,8 @@ def augment_batch(pixels01: torch.Tensor, names: tuple[str, ...], generator: tor
     for name in AUGMENTATIONS:  # a fixed order, whatever order the names were given in
         if name not in names:
             continue
-        if name == "alt_flip" and flip_mask is not None:
-            x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
+        if name == "alt_flip":
+            x = random_flip(x, generator, mask=flip_mask)
         else:
             x = _AUGMENT_FUNCTIONS[name](x, generator, fill)
     return x
@@ -259,10 +259,11 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, fill=None, pad: int = 4) 
     return out.permute(0, 3, 1, 2)
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator, fill=None) -> torch.Tensor:
-    """Mirror each image left-right with probability 0.5."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+def random_flip(x: torch.Tensor, gen: torch.Generator, fill=None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 0.5, or those that bool [B] `mask` names."""
+    if mask is None:
+        mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
 def random_cutout(x: torch.Tensor, gen: torch.Generator, fill=CIFAR10_MEAN, size: int = 8) -> torch.Tensor:
@@ -315,7 +316,6 @@ _AUGMENT_FUNCTIONS = {
     "crop": random_crop,
     "translate": functools.partial(random_crop, pad=2),
     "flip": random_flip,
-    "alt_flip": random_flip,
     "cutout": random_cutout,
     "color": random_color,
     "rotate": random_rotate,

@@ -114,6 +114,17 @@ def test_biases_decay_per_step_like_the_weights():
     assert weights["weight_decay"] == 0.002 and biases["weight_decay"] == pytest.approx(0.002 / 64)
 
 
+def test_stem_bias_trains_for_its_epochs_then_stays(small_data):
+    cfg = TrainConfig(**{**QUICK, "model": "fastnet", "width": 0.25, "optimizer": "sgd", "lr": 0.2,
+                         "epochs": 3, "stem_bias_epochs": 1, "bias_lr_scale": 16.0})
+    seen = {}
+    result = fit(cfg, small_data, on_epoch_end=lambda epoch, model: seen.setdefault(
+        epoch, model.whiten.bias.detach().clone()))
+    assert seen[1].abs().sum() > 0, "the stem bias starts at zero and trains in epoch 1"
+    assert torch.equal(seen[1], seen[3]) and torch.equal(seen[3], result.model.whiten.bias)
+    assert not result.model.whiten.bias.requires_grad
+
+
 def test_lookahead_pulls_toward_the_average_and_ends_on_it():
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
@@ -165,6 +176,9 @@ def test_lr_schedules():
     ({"device": "tpu"}, "unknown device"),
     ({"bias_lr_scale": 0}, "bias lr scale"),
     ({"lookahead": "yes"}, "true or false"),
+    ({"lr_end_fraction": 1.5}, "lr end fraction"),
+    ({"stem_bias_epochs": 2}, "whitening stem"),
+    ({"model": "fastnet", "epochs": 3, "stem_bias_epochs": 4}, "stem bias epochs"),
 ])
 def test_config_validation_messages(values, fragment):
     with pytest.raises(ConfigError) as err:

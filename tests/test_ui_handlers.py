@@ -30,6 +30,18 @@ def test_cli_command_parses_back_to_the_same_config(name):
     assert _config_from_args(args) == config
 
 
+def test_cli_numbers_become_the_setting_types():
+    args = build_parser().parse_args(["train", "--preset", "fast_long", "--width", "1", "--epochs", "16",
+                                      "--bias-lr-scale", "32", "--lr-end-fraction", "0"])
+    config = _config_from_args(args)
+    assert (config.width, config.epochs, config.bias_lr_scale, config.lr_end_fraction) == (1.0, 16, 32.0, 0.0)
+    assert isinstance(config.epochs, int) and isinstance(config.width, float)
+    with pytest.raises(ConfigError, match="whole number"):
+        _config_from_args(build_parser().parse_args(["train", "--epochs", "2.5"]))
+    with pytest.raises(ConfigError, match="must be a number"):
+        _config_from_args(build_parser().parse_args(["train", "--lr", "fast"]))
+
+
 def test_subset_zero_means_all_and_bad_values_raise():
     values = dict(zip(FIELDS, config_to_form(TrainConfig(), FIELDS)))
     assert form_to_config({**values, "train_size": 0}).train_size is None
