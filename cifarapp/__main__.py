@@ -33,7 +33,8 @@ OPTION_HELP = {
     "weight_decay": "L2 weight decay (biases and norm shifts get it divided by the bias lr scale)",
     "epochs": "passes over the training set",
     "batch_size": "images per step",
-    "schedule": f"learning-rate schedule after warm-up: {', '.join(SCHEDULES)} (onecycle = linear decay to 0)",
+    "schedule": f"learning-rate schedule after warm-up: {', '.join(SCHEDULES)} "
+                "(onecycle: linear decay, cosine: cosine decay, both to lr_end_fraction of the peak)",
     "warmup_epochs": "epochs of linear warm-up to the peak lr",
     "lr_start_fraction": "lr at the start of the warm-up, as a fraction of the peak (airbench: 0.2)",
     "lr_end_fraction": "lr at the end of the decay (onecycle, cosine), as a fraction of the peak (airbench: 0.07)",
