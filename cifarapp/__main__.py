@@ -43,10 +43,15 @@ OPTION_HELP = {
     "lookahead": "lookahead averaging of the weights every 5 steps, growing toward the end",
     "stem_bias_epochs": "train fastnet's whitening-stem bias for only this many epochs, then freeze it "
                         "(saves backward work; 0 = train it throughout)",
+    "low_res_epochs": "train the first this many epochs on images shrunk to --low-res-size pixels "
+                      "(progressive resizing: cheaper steps; fastnet and resnet18)",
+    "low_res_size": "side in pixels of the shrunk images of the low-res epochs (8-32)",
     "augment": f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}",
     "seed": "random seed (same seed on CPU gives the same numbers)",
     "device": f"training device: {', '.join(DEVICES)}",
     "precision": f"numeric precision: {', '.join(PRECISIONS)} (auto: bf16 on CPU, bf16/fp16 on GPU)",
+    "compile": "torch.compile the training step (compiles for about a minute first; measured no faster "
+               "on a 2-core CPU, see benchmarks/compile_cost.py)",
     "train_size": "train on only this many images (quick runs); default all",
     "val_size": "images held out of the training set for validation",
 }

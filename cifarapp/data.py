@@ -236,6 +236,12 @@ def augment_batch(pixels01: torch.Tensor, names: tuple[str, ...], generator: tor
     return x
 
 
+def downscale(pixels01: torch.Tensor, size: int) -> torch.Tensor:
+    """Shrink a float batch [B, 3, H, W] to size x size (antialiased bilinear): the small images
+    of progressive resizing, which cost about (size / H)^2 of a full-size step."""
+    return F.interpolate(pixels01, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def alternating_flip_mask(first_epoch_flips: torch.Tensor, image_ids: torch.Tensor, epoch: int) -> torch.Tensor:
     """Which images of a batch "alt_flip" mirrors in `epoch` (0-based): the run's fixed random
     choice (bool [N] over the training set) in even epochs, its complement in odd ones."""

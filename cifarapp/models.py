@@ -152,6 +152,7 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     accepts_width: bool = False
     whitening_stem: bool = False
+    any_input_size: bool = False  # global pooling before the head: trains on smaller images too
 
 
 _SPECS = [
@@ -164,10 +165,10 @@ _SPECS = [
     ModelSpec("cnn6", "The report's 6-conv network with BatchNorm and dropout (78.54% in the report)",
               lambda num_classes=10: CNN6(num_classes)),
     ModelSpec("resnet18", "CIFAR-style ResNet-18 (3x3 stem, no stem max-pool), from torchvision",
-              lambda num_classes=10: cifar_resnet18(num_classes)),
+              lambda num_classes=10: cifar_resnet18(num_classes), any_input_size=True),
     ModelSpec("fastnet", "Speed-oriented airbench-style net: whitening stem, 3 conv groups, width knob",
               lambda num_classes=10, width=1.0: FastNet(num_classes, width), accepts_width=True,
-              whitening_stem=True),
+              whitening_stem=True, any_input_size=True),
 ]
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints
-from .data import AUGMENTATIONS, CifarData, Normalization, alternating_flip_mask, augment_batch, split_train_val
+from .data import (AUGMENTATIONS, CifarData, Normalization, alternating_flip_mask, augment_batch, downscale,
+                   split_train_val)
 from .inference import DEVICES, PRECISIONS, autocast, batched_logits, resolve_device, resolve_precision
 from .models import MODELS, build_model
 
@@ -62,10 +63,13 @@ class TrainConfig:
     bias_lr_scale: float = 1.0
     lookahead: bool = False
     stem_bias_epochs: int = 0
+    low_res_epochs: int = 0
+    low_res_size: int = 24
     augment: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False
     train_size: int | None = None
     val_size: int = 5000
 
@@ -133,6 +137,13 @@ class TrainConfig:
         elif self.stem_bias_epochs and self.model in MODELS and not MODELS[self.model].whitening_stem:
             p.append(f"stem bias epochs applies only to models with a whitening stem "
                      f"({', '.join(m for m, s in MODELS.items() if s.whitening_stem)}); set it to 0 for {self.model}")
+        if not (0 <= self.low_res_epochs <= self.epochs):
+            p.append(f"low-res epochs must be between 0 and the number of epochs, got {self.low_res_epochs}")
+        elif self.low_res_epochs and self.model in MODELS and not MODELS[self.model].any_input_size:
+            p.append(f"low-res epochs need a model that takes any image size "
+                     f"({', '.join(m for m, s in MODELS.items() if s.any_input_size)}); set it to 0 for {self.model}")
+        if not (8 <= self.low_res_size <= 32):
+            p.append(f"low-res size must be between 8 and 32 pixels, got {self.low_res_size}")
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
         if unknown:
             p.append(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)}")
@@ -384,6 +395,8 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         model.init_whitening(normalization.apply(sample))
     optimizer = make_optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # the compiled module shares `model`'s parameters; checkpoints, validation and lookahead use `model`
+    step_model = torch.compile(model) if config.compile else model
 
     n = len(train_x)
     # alt_flip's per-image choice is fixed for the whole run (drawn from the seed, so a resumed
@@ -456,9 +469,11 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
                 x = augment_batch(x, config.augment, gen, fill=normalization.mean,
                                   flip_mask=alternating_flip_mask(first_epoch_flips, idx, epoch)
                                   if "alt_flip" in config.augment else None)
+            if epoch < config.low_res_epochs:
+                x = downscale(x, config.low_res_size)
             x = normalization.apply(x).contiguous(memory_format=torch.channels_last)
             y = train_y[idx]
-            detached, logits = train_step(model, optimizer, scaler, x, y, config.label_smoothing, device, amp_dtype)
+            detached, logits = train_step(step_model, optimizer, scaler, x, y, config.label_smoothing, device, amp_dtype)
             if lookahead is not None:
                 lookahead.after_step(model, global_step + 1, total_steps)
 

@@ -176,6 +176,16 @@ def test_alternating_flip_mirrors_each_image_one_way_then_the_other():
         assert torch.equal(img, src.flip(2) if flipped else src)
 
 
+def test_downscale_averages_pixels_into_the_smaller_image():
+    x = torch.zeros(2, 3, 32, 32)
+    x[:, :, :, 16:] = 1.0  # left half black, right half white
+    small = D.downscale(x, 16)
+    assert small.shape == (2, 3, 16, 16)
+    assert torch.equal(small[..., :7], torch.zeros(2, 3, 16, 7))
+    assert torch.equal(small[..., 9:], torch.ones(2, 3, 16, 7))
+    assert small.mean().item() == pytest.approx(0.5, abs=1e-6)
+
+
 def test_normalization_round_trip():
     norm = D.Normalization()
     assert D.Normalization.from_dict(norm.to_dict()) == norm

@@ -125,6 +125,35 @@ def test_stem_bias_trains_for_its_epochs_then_stays(small_data):
     assert not result.model.whiten.bias.requires_grad
 
 
+def test_low_res_epochs_train_on_small_images_then_full_size(small_data):
+    cfg = TrainConfig(**{**QUICK, "model": "fastnet", "width": 0.25, "optimizer": "sgd", "lr": 0.2,
+                         "epochs": 3, "low_res_epochs": 2, "low_res_size": 16})
+    sides: dict[int, set[int]] = {}
+    epoch_now = [1]
+
+    def record(module, inputs):
+        if module.training:
+            sides.setdefault(epoch_now[0], set()).add(inputs[0].shape[-1])
+
+    def next_epoch(epoch, model):  # fit builds the model, so the hook goes on after epoch 1
+        epoch_now[0] = epoch + 1
+        if epoch == 1:
+            model.register_forward_pre_hook(record)
+
+    result = fit(cfg, small_data, on_epoch_end=next_epoch)
+    assert sides == {2: {16}, 3: {32}}
+    assert result.status == "finished" and result.history[-1]["val_acc"] > 0.5
+
+
+def test_compiled_training_step_learns_and_saves_plain_weights(small_data, tmp_path):
+    cfg = TrainConfig(**{**QUICK, "model": "fastnet", "width": 0.25, "optimizer": "sgd", "lr": 0.2,
+                         "epochs": 2, "batch_size": 100, "compile": True})
+    result = fit(cfg, small_data, checkpoint_path=tmp_path / "ckpt.pt")
+    assert result.status == "finished" and result.history[-1]["val_acc"] > 0.5
+    saved = checkpoints.read(tmp_path / "ckpt.pt")
+    assert set(saved["state_dict"]) == set(build_model("fastnet", width=0.25).state_dict())
+
+
 def test_lookahead_pulls_toward_the_average_and_ends_on_it():
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
@@ -179,6 +208,9 @@ def test_lr_schedules():
     ({"lr_end_fraction": 1.5}, "lr end fraction"),
     ({"stem_bias_epochs": 2}, "whitening stem"),
     ({"model": "fastnet", "epochs": 3, "stem_bias_epochs": 4}, "stem bias epochs"),
+    ({"low_res_epochs": 2}, "any image size"),
+    ({"model": "fastnet", "low_res_size": 40}, "low-res size"),
+    ({"model": "fastnet", "epochs": 3, "low_res_epochs": 4}, "low-res epochs"),
 ])
 def test_config_validation_messages(values, fragment):
     with pytest.raises(ConfigError) as err:

@@ -129,12 +129,19 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
             stem_bias_epochs = gr.Number(default.stem_bias_epochs, precision=0, minimum=0,
                                          label="Train the whitening stem's bias for this many epochs (fastnet; 0 = all)")
         with gr.Row():
+            low_res_epochs = gr.Number(default.low_res_epochs, precision=0, minimum=0,
+                                       label="Low-res epochs: the first epochs train on shrunk images (fastnet, resnet18)")
+            low_res_size = gr.Number(default.low_res_size, precision=0, minimum=8, maximum=32,
+                                     label="Low-res image side (pixels)")
+        with gr.Row():
             train_size = gr.Number(0, label="Training subset size (0 = all)", precision=0, minimum=0)
             val_size = gr.Number(default.val_size, label="Validation images", precision=0, minimum=0)
             seed = gr.Number(default.seed, label="Seed", precision=0, minimum=0)
         with gr.Row():
             device = gr.Dropdown(list(DEVICES), value=default.device, label="Device")
             precision = gr.Dropdown(list(PRECISIONS), value=default.precision, label="Precision")
+            compile_step = gr.Checkbox(default.compile, label="torch.compile the training step "
+                                                               "(about a minute to compile; no faster on a 2-core CPU)")
     with gr.Accordion("Config file and CLI", open=False):
         cli_box = gr.Code(cli_command(default, data_flag), language="shell", label="Equivalent CLI command")
         with gr.Row():
@@ -146,9 +153,9 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
             "schedule": schedule, "warmup_epochs": warmup, "lr_start_fraction": lr_start_fraction,
             "lr_end_fraction": lr_end_fraction, "label_smoothing": smoothing,
             "bias_lr_scale": bias_lr_scale, "lookahead": lookahead, "stem_bias_epochs": stem_bias_epochs,
-            "augment": augment,
-            "seed": seed, "device": device, "precision": precision, "train_size": train_size,
-            "val_size": val_size}
+            "low_res_epochs": low_res_epochs, "low_res_size": low_res_size, "augment": augment,
+            "seed": seed, "device": device, "precision": precision, "compile": compile_step,
+            "train_size": train_size, "val_size": val_size}
     fields = list(TrainConfig().to_dict())  # the API takes the inputs in the config's field order
     inputs = [form[f] for f in fields]
 
