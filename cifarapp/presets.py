@@ -56,7 +56,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "TTA) after 2 epochs in 63-93 s; the report's best net needs ~29 minutes for 78%. See the README.",
            TrainConfig(**{**_FAST, "epochs": 2, "batch_size": 256, "lr": 0.375, "warmup_epochs": 0.4,
                             "stem_bias_epochs": 1})),
-    Preset("fast_medium", "fastnet, fast recipe: 5 epochs (3 of them on 24x24 images), about 3 minutes on 2 CPU cores",
+    Preset("fast_medium",
+           "fastnet, fast recipe: 5 epochs (3 of them on 24x24 images), about 3 minutes on 2 CPU cores",
            "Not in the report. Measured on 2 CPU cores: 85.4% test accuracy (86.0% with flip + translate "
            "TTA) after 5 epochs in 159-171 s; at full size throughout, 85.7% in 223-228 s. See the README.",
            TrainConfig(**{**_FAST, "low_res_epochs": 3})),

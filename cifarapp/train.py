@@ -473,7 +473,8 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
                 x = downscale(x, config.low_res_size)
             x = normalization.apply(x).contiguous(memory_format=torch.channels_last)
             y = train_y[idx]
-            detached, logits = train_step(step_model, optimizer, scaler, x, y, config.label_smoothing, device, amp_dtype)
+            detached, logits = train_step(step_model, optimizer, scaler, x, y, config.label_smoothing, device,
+                                          amp_dtype)
             if lookahead is not None:
                 lookahead.after_step(model, global_step + 1, total_steps)
 
