@@ -132,16 +132,16 @@ class TrainConfig:
             p.append(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if not (0 < self.bias_lr_scale <= 1000):
             p.append(f"bias lr scale must be greater than 0 and at most 1000, got {self.bias_lr_scale}")
-        if not (0 <= self.stem_bias_epochs <= self.epochs):
-            p.append(f"stem bias epochs must be between 0 and the number of epochs, got {self.stem_bias_epochs}")
-        elif self.stem_bias_epochs and self.model in MODELS and not MODELS[self.model].whitening_stem:
-            p.append(f"stem bias epochs applies only to models with a whitening stem "
-                     f"({', '.join(m for m, s in MODELS.items() if s.whitening_stem)}); set it to 0 for {self.model}")
-        if not (0 <= self.low_res_epochs <= self.epochs):
-            p.append(f"low-res epochs must be between 0 and the number of epochs, got {self.low_res_epochs}")
-        elif self.low_res_epochs and self.model in MODELS and not MODELS[self.model].any_input_size:
-            p.append(f"low-res epochs need a model that takes any image size "
-                     f"({', '.join(m for m, s in MODELS.items() if s.any_input_size)}); set it to 0 for {self.model}")
+        # epoch counts of features only some models have: (field, words, ModelSpec flag, what it needs)
+        for name, words, flag, needs in (("stem_bias_epochs", "stem bias epochs", "whitening_stem", "a whitening stem"),
+                                         ("low_res_epochs", "low-res epochs", "any_input_size",
+                                          "global pooling, so that it takes any image size")):
+            value = getattr(self, name)
+            if not (0 <= value <= self.epochs):
+                p.append(f"{words} must be between 0 and the number of epochs, got {value}")
+            elif value and self.model in MODELS and not getattr(MODELS[self.model], flag):
+                able = ", ".join(m for m, spec in MODELS.items() if getattr(spec, flag))
+                p.append(f"{words} needs a model with {needs} ({able}); set it to 0 for {self.model}")
         if not (8 <= self.low_res_size <= 32):
             p.append(f"low-res size must be between 8 and 32 pixels, got {self.low_res_size}")
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
