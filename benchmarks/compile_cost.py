@@ -9,6 +9,7 @@ data in the precision the fast recipe uses. "first 2 steps" includes compilation
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -17,22 +18,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from cifarapp.inference import resolve_device, resolve_precision  # noqa: E402
+from cifarapp.hardware import machine_header  # noqa: E402
 from cifarapp.models import build_model  # noqa: E402
 from cifarapp.presets import PRESETS  # noqa: E402
-from cifarapp.train import make_optimizer, train_step  # noqa: E402
+from cifarapp.train import make_optimizer, train_step, training_compute  # noqa: E402
 
 
 def measure(compiled: bool, width: float, batch_size: int, steps: int) -> tuple[float, float]:
     """(seconds for the first two steps, images/s over the next `steps`)."""
-    config = PRESETS["fast"].config
-    device = resolve_device("auto")
-    dtype = resolve_precision("auto", device)
+    config = dataclasses.replace(PRESETS["fast"].config, width=width, batch_size=batch_size)
+    compute = training_compute(config)
+    device, dtype = compute.device, compute.dtype
     torch.manual_seed(0)
-    model = build_model("fastnet", width=width).to(device, memory_format=torch.channels_last)
+    model = build_model("fastnet", width=width).to(device, memory_format=compute.memory_format)
     optimizer = make_optimizer(config, model)
     forward = torch.compile(model) if compiled else model
-    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=compute.memory_format)
     y = torch.randint(0, 10, (batch_size,), device=device)
 
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    print(machine_header(), flush=True)
     results = {}
     for label, compiled in (("eager", False), ("compiled", True), ("eager again", False)):
         first, rate = measure(compiled, args.width, args.batch_size, args.steps)

@@ -29,9 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cifarapp.data import Normalization, load_cifar10  # noqa: E402
-from cifarapp.inference import batched_logits, resolve_precision  # noqa: E402
+from cifarapp.hardware import machine_header  # noqa: E402
+from cifarapp.inference import batched_logits  # noqa: E402
 from cifarapp.presets import PRESETS  # noqa: E402
-from cifarapp.train import TrainConfig, fit  # noqa: E402
+from cifarapp.train import TrainConfig, fit, training_compute  # noqa: E402
 
 # the fast_long recipe at airbench94's width, batch and epochs (lr per image unchanged)
 OURS = TrainConfig.from_dict({**PRESETS["fast_long"].config.to_dict(), "width": 1.0, "lr": 1.5, "batch_size": 1024,
@@ -64,13 +65,12 @@ def time_airbench() -> tuple[float, float]:
 
 def time_ours(config: TrainConfig, data) -> list[dict]:
     """Per epoch: training seconds so far and flip + translate TTA test accuracy."""
-    device = torch.device("cuda")
-    dtype = resolve_precision(config.precision, device)
+    compute = training_compute(config)
     rows: list[dict] = []
 
     def measure(epoch: int, model) -> None:  # fit excludes this callback's time from elapsed
         torch.cuda.synchronize()
-        logits = batched_logits(model, data.test_images, Normalization(), device, dtype, batch_size=2000,
+        logits = batched_logits(model, data.test_images, Normalization(), compute, batch_size=2000,
                                 tta="flip_translate")
         rows.append({"epoch": epoch, "acc": (logits.argmax(1) == data.test_labels).float().mean().item()})
 
@@ -91,7 +91,7 @@ def main() -> None:
 
     data = load_cifar10(args.data)
     write_airbench_files(data, Path("cifar10"))
-    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
+    print(machine_header(torch.device("cuda")), flush=True)
     import airbench
 
     airbench.warmup94(verbose=False)

@@ -9,6 +9,7 @@ and the share of the step each takes. Random data: the kernels do not care what 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -19,10 +20,10 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from cifarapp.data import Normalization, augment_batch  # noqa: E402
-from cifarapp.inference import resolve_device, resolve_precision  # noqa: E402
+from cifarapp.hardware import machine_header  # noqa: E402
 from cifarapp.models import build_model  # noqa: E402
 from cifarapp.presets import PRESETS  # noqa: E402
-from cifarapp.train import make_optimizer, train_step  # noqa: E402
+from cifarapp.train import make_optimizer, train_step, training_compute  # noqa: E402
 
 
 def main() -> None:
@@ -34,10 +35,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     args = parser.parse_args()
 
-    config = PRESETS["fast"].config
-    device = resolve_device("auto")
-    dtype = resolve_precision(args.precision, device)
-    model = build_model("fastnet", width=args.width).to(device, memory_format=torch.channels_last)
+    print(machine_header(), flush=True)
+    config = dataclasses.replace(PRESETS["fast"].config, width=args.width, batch_size=args.batch_size,
+                                 precision=args.precision)
+    compute = training_compute(config)
+    device, dtype = compute.device, compute.dtype
+    model = build_model("fastnet", width=args.width).to(device, memory_format=compute.memory_format)
     optimizer = make_optimizer(config, model)
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8, device=device)
@@ -47,7 +50,7 @@ def main() -> None:
 
     def step() -> None:
         x = augment_batch(images.float().div(255), config.augment, gen)
-        x = norm.apply(x).contiguous(memory_format=torch.channels_last)
+        x = norm.apply(x).contiguous(memory_format=compute.memory_format)
         train_step(model, optimizer, scaler, x, labels, config.label_smoothing, device, dtype)
 
     for _ in range(3):  # warm up kernels and allocator
@@ -57,7 +60,7 @@ def main() -> None:
         for _ in range(args.steps):
             step()
     wall = time.perf_counter() - t
-    print(f"fastnet width {args.width}, batch {args.batch_size}, {dtype or 'fp32'} on {device} "
+    print(f"fastnet width {args.width}, batch {args.batch_size}, {compute.describe()} "
           f"({torch.get_num_threads()} threads): {wall / args.steps * 1000:.0f} ms/step under the profiler, "
           f"{args.batch_size * args.steps / wall:.0f} img/s")
     events = prof.key_averages()

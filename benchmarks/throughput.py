@@ -1,60 +1,78 @@
-"""Training-step and inference throughput (images/s) of every registered model, CPU fp32 vs bf16.
+"""Training and inference throughput (images/s) of every model in each precision and memory
+layout, and what `auto` picks, measured side by side in one run.
 
-    python benchmarks/throughput.py [--batch 256] [--steps 6]
+    python benchmarks/throughput.py [--train-batch 256] [--infer-batch 500] [--seconds 1.5] [--rounds 3]
 
-Each measurement runs a few warm-up steps, then times `--steps` steps on random data in
-channels-last layout. Ratios are bf16 over fp32 measured in the same run.
+For each model (fastnet at width 0.5 for training, as the `fast` preset trains it, and at width
+1.0 for inference, as the shipped model runs): `auto`'s choice is made first with a fresh cache,
+exactly as the app makes it; then every setting (fp32 and, where oneDNN has bf16 kernels, bf16;
+channels-last and contiguous) is timed in `--rounds` interleaved rounds of `--seconds` each on
+random data, and the median is reported. The last column is auto's setting against the fastest
+explicit one (1.00 = auto picked the fastest).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from cifarapp.models import MODELS, build_model  # noqa: E402
+from cifarapp import hardware  # noqa: E402
+from cifarapp.hardware import Measurements, Workload, choose, detect, machine_header, measure  # noqa: E402
+from cifarapp.models import MODELS  # noqa: E402
+
+CPU = torch.device("cpu")
 
 
-def images_per_s(model, batch: int, steps: int, train: bool, dtype) -> float:
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    model.train(train)
-    for i in range(steps + 2):
-        if i == 2:
-            t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None), torch.set_grad_enabled(train):
-            logits = model(x)
-        if train:
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return batch * steps / (time.perf_counter() - t)
+def settings() -> list[tuple[str, bool]]:
+    precisions = ["fp32", "bf16"] if detect(CPU).bf16_kernels else ["fp32"]
+    return [(p, cl) for p in precisions for cl in (True, False)]
+
+
+def row(work: Workload, rounds: int) -> str:
+    with tempfile.TemporaryDirectory() as fresh:
+        auto = choose(work, CPU, "auto", Measurements(Path(fresh)))
+    timings: dict[tuple[str, bool], list[float]] = {s: [] for s in settings()}
+    for _ in range(rounds):
+        for setting in timings:
+            timings[setting].append(measure(work, *setting, CPU)[0])
+    speed = {s: statistics.median(v) for s, v in timings.items()}
+    best_fp32 = max(v for (p, _), v in speed.items() if p == "fp32")
+    best_bf16 = max((v for (p, _), v in speed.items() if p == "bf16"), default=None)
+    layout = {s: "cl" if s[1] else "nchw" for s in speed}
+    cells = " | ".join(f"{speed[s]:,.0f}" for s in speed)
+    bf16_ratio = f"{best_bf16 / best_fp32:.2f}" if best_bf16 else "–"
+    auto_speed = speed[(auto.precision, auto.channels_last)]
+    what = f"{work.model} w{work.width:g}" if work.model == "fastnet" else work.model
+    return (f"| {what} | {'train' if work.train else 'infer'} b{work.batch_size} | {cells} | {bf16_ratio} | "
+            f"{auto.precision} {layout[(auto.precision, auto.channels_last)]} | "
+            f"{auto_speed / max(speed.values()):.2f} |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=6)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-batch", type=int, default=256)
+    parser.add_argument("--infer-batch", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=1.5, help="time each setting at least this long per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print("| model | train fp32 img/s | train bf16 img/s | bf16/fp32 | infer fp32 img/s | infer bf16 img/s | bf16/fp32 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in MODELS:
-        torch.manual_seed(0)
-        model = build_model(name).to(memory_format=torch.channels_last)
-        r = {(train, dt): images_per_s(model, args.batch, args.steps, train, dt)
-             for train in (True, False) for dt in (None, torch.bfloat16)}
-        print(f"| {name} | {r[True, None]:,.0f} | {r[True, torch.bfloat16]:,.0f} | "
-              f"{r[True, torch.bfloat16] / r[True, None]:.2f} | {r[False, None]:,.0f} | "
-              f"{r[False, torch.bfloat16]:,.0f} | {r[False, torch.bfloat16] / r[False, None]:.2f} |", flush=True)
+    hardware.MIN_PROBE_S = args.seconds
+    hardware.MAX_PROBE_STEPS = 10_000
+    print(machine_header(), flush=True)
+    names = " | ".join(f"{p} {'cl' if cl else 'nchw'}" for p, cl in settings())
+    print(f"| model | workload | {names} | best bf16 / best fp32 | auto picks | auto / fastest |")
+    print("| --- | --- |" + " ---: |" * (len(settings()) + 1) + " --- | ---: |", flush=True)
+    for name in args.models:
+        for train, batch in ((True, args.train_batch), (False, args.infer_batch)):
+            width = (0.5 if train else 1.0) if name == "fastnet" else 1.0
+            print(row(Workload(name, width, batch_size=batch, train=train), args.rounds), flush=True)
 
 
 if __name__ == "__main__":

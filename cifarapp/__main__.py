@@ -14,13 +14,16 @@ import numpy as np
 
 from . import checkpoints
 from .data import AUGMENTATIONS, DATA_ENV_VAR, DataUnavailableError, load_cifar10, synthetic_data
+from .estimate import BUDGETS, expected_duration, format_duration, plan_for_budget, remaining_seconds
 from .evaluate import evaluate
-from .inference import DEVICES, PRECISIONS, TTA_MODES
+from .hardware import DEVICES, PRECISIONS, Measurements
+from .inference import TTA_MODES
 from .models import MODELS
 from .predict import ImageError, predict, top_k
-from .presets import PRESETS
+from .presets import BUDGET_BASE, PRESETS
 from .runs import RunDir, RunError, RunManager, execute_run, new_run_id
-from .train import OPTIMIZERS, SCHEDULES, ConfigError, EndEvent, EpochEvent, StepEvent, TrainConfig, cli_command
+from .train import (OPTIMIZERS, SCHEDULES, ConfigError, EndEvent, EpochEvent, StartEvent, StepEvent, TrainConfig,
+                    cli_command)
 from .weights import default_checkpoint, export_shipped
 
 OPTION_HELP = {
@@ -49,7 +52,8 @@ OPTION_HELP = {
     "augment": f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}",
     "seed": "random seed (same seed on CPU gives the same numbers)",
     "device": f"training device: {', '.join(DEVICES)}",
-    "precision": f"numeric precision: {', '.join(PRECISIONS)} (auto: bf16 on CPU, bf16/fp16 on GPU)",
+    "precision": f"numeric precision: {', '.join(PRECISIONS)} (auto: bf16 where the CPU computes it natively "
+                 "and it measures faster, else fp32; bf16 on GPUs that support it, else fp16)",
     "compile": "torch.compile the training step (compiles for about a minute first; measured no faster "
                "on a 2-core CPU, see benchmarks/compile_cost.py)",
     "train_size": "train on only this many images (quick runs); default all",
@@ -84,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             train.add_argument(flag, default=None, help=f"{OPTION_HELP[f.name]} (default {getattr(defaults, f.name)})")
     train.add_argument("--config", help="a JSON config file (as saved by the app); options override it")
+    train.add_argument("--budget", type=float, metavar="SECONDS",
+                       help="size the fast recipe to about this many seconds on this machine (measured): "
+                            "picks fastnet's width, epochs and low-res epochs; other options still override "
+                            f"(the app offers {', '.join(str(s) for s in BUDGETS.values())})")
     train.add_argument("--runs-dir", default="runs", help="where run folders are written")
     _add_data_options(train)
 
@@ -117,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from_args(args) -> TrainConfig:
-    values = PRESETS[args.preset].config.to_dict() if args.preset else {}
+def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
+    """The config that --preset (or `base`), --config and the options describe, in that order."""
+    values = (base or PRESETS[args.preset].config).to_dict() if (base or args.preset) else {}
     if args.config:
         values.update(json.loads(Path(args.config).read_text()))
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
@@ -154,11 +163,13 @@ class ProgressPrinter:
             self._last_write = time.monotonic()
             frac = event.step / event.total_steps
             bar = "#" * int(frac * 30)
-            eta = event.elapsed_s / max(frac, 1e-9) * (1 - frac)
+            eta = remaining_seconds(event.step, event.total_steps, event.elapsed_s)
             self.stream.write(f"\repoch {event.epoch}/{self.epochs} [{bar:<30}] {frac:6.1%} "
                               f"loss {event.loss:.4f} lr {event.lr:.3g} {event.images_per_s:,.0f} img/s "
-                              f"eta {eta:,.0f}s ")
+                              f"remaining {format_duration(eta)} ")
             self.stream.flush()
+        elif isinstance(event, StartEvent):
+            print(f"hardware: {event.hardware}\ncompute: {event.message}", flush=True)
         elif isinstance(event, EpochEvent):
             self.stream.write("\r" + " " * 110 + "\r")
             print(event.report_line(self.epochs), flush=True)
@@ -181,13 +192,23 @@ def _resolve_model_path(spec: str | None, runs_dir: str) -> Path:
 
 def _train(args, config: TrainConfig, run_dir: RunDir, resume: bool) -> int:
     data = _load_data(args)
+    measurements = Measurements()
+    if getattr(args, "budget", None):
+        plan = plan_for_budget(args.budget, PRESETS[BUDGET_BASE].config, len(data.train_images), len(data.classes),
+                               measurements)
+        print(f"budget plan: {plan.describe()}", flush=True)
+        config = config_from_args(args, base=plan.config).validate()
+        run_dir = RunDir(args.runs_dir, new_run_id(config.model))
     config.validate(len(data.train_images))
     if not resume:
         run_dir.create(config)
     print(f"run {run_dir.run_id} in {run_dir.path} on {data.source}", flush=True)
+    estimate = expected_duration(config, len(data.train_images), len(data.classes), measurements)
+    print(f"expected duration: {estimate.describe()}", flush=True)
     stop = threading.Event()
     try:
-        execute_run(run_dir, config, data, on_event=ProgressPrinter(config.epochs), stop=stop, resume=resume)
+        execute_run(run_dir, config, data, on_event=ProgressPrinter(config.epochs), stop=stop, resume=resume,
+                    measurements=measurements)
     except KeyboardInterrupt:
         stop.set()
     status = run_dir.read_status()
@@ -198,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            config = _config_from_args(args).validate()
+            if args.budget and args.preset:
+                raise ConfigError(["--budget plans the fast recipe itself; leave out --preset"])
+            config = config_from_args(args).validate()
             return _train(args, config, RunDir(args.runs_dir, new_run_id(config.model)), resume=False)
         if args.command == "resume":
             run_dir = RunDir(args.runs_dir, args.run_id)

@@ -71,7 +71,7 @@ class ModelCatalog:
             if cache_key in self._cache:
                 self._cache.move_to_end(cache_key)
                 return self._cache[cache_key]
-        loaded = load_model(path)
+        loaded = load_model(path, measurements=self.manager.measurements)
         with self._lock:
             self._cache[cache_key] = loaded
             while len(self._cache) > self.cache_size:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .data import Normalization
+from .hardware import Compute, Measurements, Workload, choose, resolve_device
 from .models import build_model
 
 FORMAT = "cifarapp-checkpoint"
@@ -79,30 +80,42 @@ def read(path: str | Path) -> dict:
     return payload
 
 
+# inference speed is measured at this batch size (Evaluate uses 500, Predict a few images)
+INFERENCE_PROBE_BATCH = 256
+
+
 @dataclass
 class LoadedModel:
-    """A model ready for inference with what it needs to preprocess input."""
+    """A model ready for inference with what it needs to preprocess input. It lives on
+    `compute.device` in `compute`'s memory layout and is never moved: Evaluate and Predict share it."""
 
     model: nn.Module
     model_name: str
     classes: tuple[str, ...]
     normalization: Normalization
     meta: dict  # config, metrics and any other stored fields except the weights
+    compute: Compute
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "LoadedModel":
+    def from_payload(cls, payload: dict, device: str = "auto", precision: str = "auto",
+                     measurements: Measurements | None = None) -> "LoadedModel":
+        """Build the model of a checkpoint dict on `device` in the precision and layout that run
+        it fastest there (see `hardware.choose`)."""
         try:
-            model = build_model(payload["model"], num_classes=len(payload["classes"]),
-                                width=payload.get("width", 1.0))
+            width = float(payload.get("width", 1.0))
+            model = build_model(payload["model"], num_classes=len(payload["classes"]), width=width)
             model.load_state_dict(payload["state_dict"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint does not match its architecture: {exc}") from exc
-        model.eval().to(memory_format=torch.channels_last)
+        work = Workload(payload["model"], width, len(payload["classes"]), INFERENCE_PROBE_BATCH, train=False)
+        compute = choose(work, resolve_device(device), precision, measurements)
+        model.eval().to(compute.device, memory_format=compute.memory_format)
         meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "rng")}
         return cls(model, payload["model"], tuple(payload["classes"]),
-                   Normalization.from_dict(payload["normalization"]), meta)
+                   Normalization.from_dict(payload["normalization"]), meta, compute)
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """Load a checkpoint file as an eval-mode model on the CPU."""
-    return LoadedModel.from_payload(read(path))
+def load_model(path: str | Path, device: str = "auto", precision: str = "auto",
+               measurements: Measurements | None = None) -> LoadedModel:
+    """Load a checkpoint file as an eval-mode model for inference on `device` (see from_payload)."""
+    return LoadedModel.from_payload(read(path), device, precision, measurements)

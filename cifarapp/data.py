@@ -23,6 +23,7 @@ CIFAR10_CLASSES = (
     "dog", "frog", "horse", "ship", "truck",
 )
 # Per-channel mean and std of the original CIFAR-10 training set, in [0, 1] pixel units.
+CIFAR10_TRAIN_SIZE = 50_000
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -212,10 +213,11 @@ def split_train_val(n_images: int, val_size: int, seed: int, train_size: int | N
     return Split(train=train.sort().values, val=val.sort().values)
 
 
-def to_model_input(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> normalised float32 [B, 3, H, W] (channels-last memory)."""
+def to_model_input(images: torch.Tensor, normalization: Normalization,
+                   memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> normalised float32 [B, 3, H, W] in `memory_format`."""
     x = images.float().div_(255)
-    return normalization.apply(x).contiguous(memory_format=torch.channels_last)
+    return normalization.apply(x).contiguous(memory_format=memory_format)
 
 
 def augment_batch(pixels01: torch.Tensor, names: tuple[str, ...], generator: torch.Generator,

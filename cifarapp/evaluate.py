@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import LoadedModel
-from .inference import batched_logits, resolve_device, resolve_precision
+from .inference import batched_logits
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -76,11 +76,8 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tup
 
 
 def evaluate(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, *, tta: str = "none",
-             device: str = "auto", precision: str = "auto", batch_size: int = 500,
-             top_mistakes: int = 32, progress=None) -> EvalResult:
+             batch_size: int = 500, top_mistakes: int = 32, progress=None) -> EvalResult:
     """Evaluate a loaded model on uint8 images [N, 3, 32, 32] with labels [N]."""
-    dev = resolve_device(device)
-    model = loaded.model.to(dev, memory_format=torch.channels_last)
-    logits = batched_logits(model, images, loaded.normalization, dev, resolve_precision(precision, dev),
+    logits = batched_logits(loaded.model, images, loaded.normalization, loaded.compute,
                             batch_size=batch_size, tta=tta, progress=progress)
     return metrics_from_logits(logits, labels, loaded.classes, tta, top_mistakes)

@@ -1,4 +1,5 @@
-"""Devices, numeric precision and batched forward passes shared by training, evaluation and prediction."""
+"""Devices, mixed precision and batched forward passes shared by training, evaluation and prediction
+(which precision and layout is fastest on this machine is `hardware`'s business)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Normalization, to_model_input
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .hardware import Compute
 # Test-time augmentation: logits averaged over views of each image.
 TTA_MODES = {
     "none": "the image as it is",
@@ -19,41 +18,6 @@ TTA_MODES = {
     "flip_translate": "flip, plus the image shifted by one pixel up-left and down-right, each also "
                       "mirrored (6 views, as airbench does)",
 }
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then the CPU. Asking for an absent device is an error."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cuda" and not cuda:
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    if name == "mps" and not mps:
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `name` on `device`, or None for plain fp32.
-
-    'auto' means bf16 on the CPU and on GPUs that support it (it needs no loss scaling), fp16
-    on other GPUs.
-    """
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp16":
-        return torch.float16
-    if name != "auto":
-        raise ValueError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.bfloat16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -64,11 +28,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def batched_logits(model: nn.Module, images: torch.Tensor, normalization: Normalization,
-                   device: torch.device, dtype: torch.dtype | None = None, batch_size: int = 500,
-                   tta: str = "none", progress=None) -> torch.Tensor:
-    """float32 logits [N, classes] on the CPU for uint8 images [N, 3, 32, 32], in eval mode,
-    averaged over the views of test-time augmentation `tta` (one of TTA_MODES).
+def batched_logits(model: nn.Module, images: torch.Tensor, normalization: Normalization, compute: Compute,
+                   batch_size: int = 500, tta: str = "none", progress=None) -> torch.Tensor:
+    """float32 logits [N, classes] on the CPU for uint8 images [N, 3, 32, 32], in eval mode, with
+    the device, precision and memory layout of `compute` (the model must already be on that
+    device), averaged over the views of test-time augmentation `tta` (one of TTA_MODES).
     `progress(done, total)` is called after each batch.
     """
     if tta not in TTA_MODES:
@@ -78,8 +42,9 @@ def batched_logits(model: nn.Module, images: torch.Tensor, normalization: Normal
     outputs = []
     try:
         for start in range(0, len(images), batch_size):
-            x = to_model_input(images[start:start + batch_size].to(device), normalization)
-            with autocast(device, dtype):
+            x = to_model_input(images[start:start + batch_size].to(compute.device), normalization,
+                               compute.memory_format)
+            with autocast(compute.device, compute.dtype):
                 logits = _tta_logits(model, x, tta)
             outputs.append(logits.cpu())
             if progress is not None:

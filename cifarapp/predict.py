@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checkpoints import LoadedModel
-from .inference import batched_logits, resolve_device, resolve_precision
+from .inference import batched_logits
 
 SIDE = 32
 # Pillow refuses images above twice this many pixels (decompression bombs) and warns above it.
@@ -115,22 +115,19 @@ def preprocess(source) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def predict(loaded: LoadedModel, sources: list, *, device: str = "cpu", batch_size: int = 256,
-            tta: str = "none") -> np.ndarray:
+def predict(loaded: LoadedModel, sources: list, *, batch_size: int = 256, tta: str = "none") -> np.ndarray:
     """Probabilities [len(sources), classes] for images given as anything `preprocess` accepts."""
     if not sources:
         return np.zeros((0, len(loaded.classes)), dtype=np.float32)
     pixels = np.stack([preprocess(s) for s in sources])
-    return predict_pixels(loaded, pixels, device=device, batch_size=batch_size, tta=tta)
+    return predict_pixels(loaded, pixels, batch_size=batch_size, tta=tta)
 
 
-def predict_pixels(loaded: LoadedModel, pixels: np.ndarray, *, device: str = "cpu", batch_size: int = 256,
+def predict_pixels(loaded: LoadedModel, pixels: np.ndarray, *, batch_size: int = 256,
                    tta: str = "none") -> np.ndarray:
     """Probabilities for already preprocessed uint8 images [N, 32, 32, 3]."""
-    dev = resolve_device(device)
     images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
-    model = loaded.model.to(dev, memory_format=torch.channels_last)
-    logits = batched_logits(model, images, loaded.normalization, dev, resolve_precision("auto", dev),
+    logits = batched_logits(loaded.model, images, loaded.normalization, loaded.compute,
                             batch_size=batch_size, tta=tta)
     return logits.softmax(1).numpy()
 

@@ -1,7 +1,9 @@
 """Named training setups: one per experiment of the CIFAR-10 report, plus fast recipes.
 
 Each preset is a full TrainConfig and says what the report found, so a user can compare.
-Figures on this project's data are ~2-3 points lower: it was decoded from JPEG quality 75.
+Accuracies of the fast recipes were measured on a JPEG-decoded (quality 75) copy of CIFAR-10,
+~2-3 points below what the original pixels give. How long a preset takes depends on the machine:
+the Train tab measures it (`estimate.expected_duration`).
 """
 
 from __future__ import annotations
@@ -51,18 +53,19 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("report_high_lr", "LeNet-5 + Adam with a far too high learning rate",
            "Report: train_loss exploded to 211266 and accuracy collapsed to 10% (chance).",
            TrainConfig(model="lenet", **{**_REPORT, "lr": 0.1})),
-    Preset("fast", "fastnet, fast recipe: 2 epochs, about 1.5 minutes on 2 CPU cores",
-           "Not in the report. Measured on 2 CPU cores: 81.1% test accuracy (81.9% with flip + translate "
-           "TTA) after 2 epochs in 63-93 s; the report's best net needs ~29 minutes for 78%. See the README.",
+    Preset("fast", "fastnet width 0.5, fast recipe: 2 epochs",
+           "Not in the report. 81.1% test accuracy (81.9% with flip + translate TTA) after 2 epochs on all "
+           "50,000 training images, one run; the report's best net needs 14 epochs for 78%.",
            TrainConfig(**{**_FAST, "epochs": 2, "batch_size": 256, "lr": 0.375, "warmup_epochs": 0.4,
                             "stem_bias_epochs": 1})),
-    Preset("fast_medium",
-           "fastnet, fast recipe: 5 epochs (3 of them on 24x24 images), about 3 minutes on 2 CPU cores",
-           "Not in the report. Measured on 2 CPU cores: 85.4% test accuracy (86.0% with flip + translate "
-           "TTA) after 5 epochs in 159-171 s; at full size throughout, 85.7% in 223-228 s. See the README.",
+    Preset("fast_medium", "fastnet width 0.5, fast recipe: 5 epochs, the first 3 on 24x24 images",
+           "Not in the report. 85.4% test accuracy (86.0% with flip + translate TTA) after 5 epochs on all "
+           "50,000 training images, one run; 85.7% with every epoch at full size, which takes longer.",
            TrainConfig(**{**_FAST, "low_res_epochs": 3})),
-    Preset("fast_long", "fastnet width 0.75, fast recipe: 12 epochs, 8-17 minutes on 2 CPU cores (the machine varies)",
-           "Not in the report. Measured on 2 CPU cores: 89.4% test accuracy (90.4% with flip + translate "
-           "TTA) after 12 epochs in 939 s, during a slow hour of the machine (see the README's timing caveat).",
+    Preset("fast_long", "fastnet width 0.75, fast recipe: 12 epochs",
+           "Not in the report. 89.4% test accuracy (90.4% with flip + translate TTA) after 12 epochs on all "
+           "50,000 training images, one run.",
            TrainConfig(**{**_FAST, "width": 0.75, "epochs": 12, "warmup_epochs": 2.4})),
 ]}
+# the recipe that time budgets (Train tab, `train --budget`) scale to the machine
+BUDGET_BASE = "fast_medium"

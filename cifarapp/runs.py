@@ -23,7 +23,8 @@ from typing import Callable
 
 from . import checkpoints
 from .data import CifarData
-from .train import EndEvent, EpochEvent, Event, FitResult, StepEvent, TrainConfig, fit
+from .hardware import Measurements
+from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, StepEvent, TrainConfig, fit
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 METRIC_COLUMNS = ("kind", "epoch", "step", "total_steps", "loss", "lr", "images_per_s", "elapsed_s",
@@ -132,34 +133,41 @@ def failure_message(exc: BaseException) -> str:
 def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
                 on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
                 resume: bool = False, owner: str | None = None,
-                on_epoch_end: Callable | None = None) -> FitResult | None:
+                on_epoch_end: Callable | None = None, measurements: Measurements | None = None) -> FitResult | None:
     """Train one run in this thread, recording everything in `run_dir` (already created).
     Returns the fit result, or None when it failed (status.json says why).
     `on_epoch_end(epoch, model)` is passed to `fit` (benchmarks measure test accuracy with it)."""
     started = time.time()
     resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
+    status = {"status": "running", "pid": os.getpid(), "started": started, "message": "", "owner": owner}
 
     def record(event: Event) -> None:
         run_dir.append_event(event)
         if isinstance(event, EpochEvent):
             run_dir.append_log(event.report_line(config.epochs))
+        elif isinstance(event, StartEvent):
+            run_dir.append_log(f"hardware: {event.hardware}")
+            run_dir.append_log(f"compute: {event.message}")
+            status["compute"] = {**event.compute, "summary": event.message, "hardware": event.hardware}
+            run_dir.write_status(**status)
         if on_event is not None:
             on_event(event)
 
-    run_dir.write_status(status="running", pid=os.getpid(), started=started, message="", owner=owner)
+    run_dir.write_status(**status)
     run_dir.append_log(f"{'resumed' if resume else 'started'} {time.strftime('%Y-%m-%d %H:%M:%S')} "
                        f"on {data.source}: {json.dumps(config.to_dict())}")
-    result, status, message = None, "failed", ""
+    result, end_status, message = None, "failed", ""
     try:
         result = fit(config, data, run_id=run_dir.run_id, on_event=record, stop=stop,
-                     checkpoint_path=run_dir.checkpoint, resume_from=resume_from, on_epoch_end=on_epoch_end)
-        status, message = result.status, result.message
+                     checkpoint_path=run_dir.checkpoint, resume_from=resume_from, on_epoch_end=on_epoch_end,
+                     measurements=measurements)
+        end_status, message = result.status, result.message
     except Exception as exc:  # the run ends as failed with the reason; the process lives on
         message = failure_message(exc)
-    end = EndEvent(run_dir.run_id, status, message, time.time() - started)
-    for action in (lambda: record(end), lambda: run_dir.append_log(f"{status}: {message}"),
-                   lambda: run_dir.write_status(status=status, pid=os.getpid(), started=started,
-                                                ended=time.time(), message=message, owner=owner)):
+    end = EndEvent(run_dir.run_id, end_status, message, time.time() - started)
+    status.update(status=end_status, ended=time.time(), message=message)
+    for action in (lambda: record(end), lambda: run_dir.append_log(f"{end_status}: {message}"),
+                   lambda: run_dir.write_status(**status)):
         try:
             action()
         except OSError:
@@ -183,6 +191,7 @@ class RunSnapshot:
     started: float | None = None
     ended: float | None = None
     has_checkpoint: bool = False
+    compute: str = ""  # device, precision and layout the run trains in, and why
 
     @property
     def last_step(self) -> dict | None:
@@ -205,6 +214,7 @@ class _LiveRun:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     last_seen: float = field(default_factory=time.time)
+    compute: str = ""
 
 
 @dataclass
@@ -228,8 +238,10 @@ class RunManager:
     """
 
     def __init__(self, runs_root: str | Path, data_provider: Callable[[], CifarData] | None = None, *,
-                 max_active: int = 1, abandon_after_s: float | None = 600.0):
+                 max_active: int = 1, abandon_after_s: float | None = 600.0,
+                 measurements: Measurements | None = None):
         self.root = Path(runs_root)
+        self.measurements = measurements or Measurements()
         self.root.mkdir(parents=True, exist_ok=True)
         self._data_provider = data_provider
         self._data: CifarData | None = None
@@ -259,6 +271,15 @@ class RunManager:
             if run_dir.exists():
                 dirs.append(run_dir)
         return dirs
+
+    def loaded_data(self) -> CifarData | None:
+        """The dataset if it is loaded already (never loads it, never waits for a load)."""
+        return self._data
+
+    def active_runs(self) -> int:
+        """How many runs are training now."""
+        with self._lock:
+            return sum(1 for r in self._live.values() if r.ended is None)
 
     def data(self) -> CifarData:
         """The dataset, loaded on first use (may download)."""
@@ -316,7 +337,10 @@ class RunManager:
         def on_event(event: Event) -> None:
             row = dataclasses.asdict(event)
             with self._lock:
-                if isinstance(event, StepEvent):
+                if isinstance(event, StartEvent):
+                    live.compute = event.message
+                    live.log.append(f"compute: {event.message}")
+                elif isinstance(event, StepEvent):
                     live.steps.append(row)
                 elif isinstance(event, EpochEvent):
                     live.epochs.append(row)
@@ -333,7 +357,7 @@ class RunManager:
             live.steps.extend(e for e in earlier if e.get("kind") == "step")
             live.epochs.extend(e for e in earlier if e.get("kind") == "epoch")
         execute_run(live.run_dir, live.config, data, on_event=on_event, stop=live.stop, resume=resume,
-                    owner=live.owner)
+                    owner=live.owner, measurements=self.measurements)
         status = live.run_dir.read_status()
         with self._lock:
             live.status = status.get("status", "failed")
@@ -378,7 +402,7 @@ class RunManager:
     def _snapshot_live(self, live: _LiveRun) -> RunSnapshot:
         return RunSnapshot(live.run_dir.run_id, live.owner, live.status, live.message, live.config.to_dict(),
                            list(live.steps), list(live.epochs), "\n".join(live.log), live.version,
-                           live.started, live.ended, live.run_dir.checkpoint.is_file())
+                           live.started, live.ended, live.run_dir.checkpoint.is_file(), live.compute)
 
     def _snapshot_disk(self, run_dir: RunDir) -> RunSnapshot:
         if not run_dir.exists():
@@ -390,7 +414,8 @@ class RunManager:
         log = "\n".join(line for line in run_dir.read_log().splitlines() if line.startswith("Epoch ["))
         return RunSnapshot(run_dir.run_id, status.get("owner"), status.get("status", "unknown"), status.get("message", ""),
                            json.loads((run_dir.path / "config.json").read_text()), steps, epochs, log,
-                           len(events), status.get("started"), status.get("ended"), run_dir.checkpoint.is_file())
+                           len(events), status.get("started"), status.get("ended"), run_dir.checkpoint.is_file(),
+                           (status.get("compute") or {}).get("summary", ""))
 
     def run_dir(self, run_id: str) -> RunDir:
         """The folder of a run id (validated; it cannot point outside the runs root)."""

@@ -24,7 +24,8 @@ from torch import nn
 from . import checkpoints
 from .data import (AUGMENTATIONS, CifarData, Normalization, alternating_flip_mask, augment_batch, downscale,
                    split_train_val)
-from .inference import DEVICES, PRECISIONS, autocast, batched_logits, resolve_device, resolve_precision
+from .hardware import DEVICES, PRECISIONS, Compute, Measurements, Workload, choose, detect, resolve_device
+from .inference import autocast, batched_logits
 from .models import MODELS, build_model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -227,6 +228,17 @@ def _coerce(key: str, annotation, value):
 
 
 @dataclass(frozen=True)
+class StartEvent:
+    """Where and how the run computes: the hardware, and the precision and layout chosen."""
+
+    run_id: str
+    hardware: str
+    compute: dict  # Compute.to_dict()
+    message: str  # Compute.describe()
+    kind: str = "start"
+
+
+@dataclass(frozen=True)
 class StepEvent:
     run_id: str
     epoch: int
@@ -266,7 +278,7 @@ class EndEvent:
     kind: str = "end"
 
 
-Event = Union[StepEvent, EpochEvent, EndEvent]
+Event = Union[StartEvent, StepEvent, EpochEvent, EndEvent]
 
 
 @dataclass
@@ -362,25 +374,41 @@ def train_step(model: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.o
     return loss.detach(), logits.detach()
 
 
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Steps of one epoch over `n_images`: every image once, except that a last batch of a single
+    image is dropped (it breaks BatchNorm)."""
+    steps = math.ceil(n_images / batch_size)
+    return steps - 1 if n_images % batch_size == 1 else steps
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     # Every epoch draws its order, augmentation and dropout from its own seed, so a run resumed
     # at an epoch boundary continues exactly as if it had never stopped.
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
+def training_compute(config: TrainConfig, num_classes: int = 10,
+                     measurements: Measurements | None = None) -> Compute:
+    """The device, precision and layout a run of `config` trains in (see `hardware.choose`)."""
+    work = Workload(config.model, config.width, num_classes, config.batch_size, train=True)
+    return choose(work, resolve_device(config.device), config.precision, measurements)
+
+
 def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
         checkpoint_path: str | Path | None = None, resume_from: dict | None = None,
         normalization: Normalization = Normalization(),
-        on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+        measurements: Measurements | None = None) -> FitResult:
     """Train as `config` says on `data`, reporting events; save a checkpoint after every epoch
     (and when stopped) to `checkpoint_path`; continue a run from a checkpoint dict `resume_from`.
     `on_epoch_end(epoch, model)` lets benchmarks measure the model after each epoch."""
     config = config.validate(len(data.train_images))
     emit = on_event or (lambda event: None)
     stop = stop or threading.Event()
-    device = resolve_device(config.device)
-    amp_dtype = resolve_precision(config.precision, device)
+    compute = training_compute(config, len(data.classes), measurements)
+    device, amp_dtype, memory_format = compute.device, compute.dtype, compute.memory_format
+    emit(StartEvent(run_id, detect(device).describe(), compute.to_dict(), compute.describe()))
 
     torch.manual_seed(config.seed)
     split = split_train_val(len(data.train_images), config.val_size, config.seed, config.train_size)
@@ -389,7 +417,7 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
     val_x, val_y = data.train_images[split.val], data.train_labels[split.val]
 
     model = build_model(config.model, num_classes=len(data.classes), width=config.width)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=memory_format)
     if hasattr(model, "init_whitening") and resume_from is None:
         sample = train_x[:5000].float().div(255)
         model.init_whitening(normalization.apply(sample))
@@ -403,12 +431,10 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
     # run draws the same one)
     first_epoch_flips = torch.rand(n, device=device, generator=torch.Generator(device=device).manual_seed(
         config.seed)) < 0.5
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    if n % config.batch_size == 1:
-        steps_per_epoch -= 1  # a batch of one image breaks BatchNorm; drop it
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    report_every = max(1, steps_per_epoch // 50)
+    epoch_steps = steps_per_epoch(n, config.batch_size)
+    total_steps = epoch_steps * config.epochs
+    warmup_steps = round(config.warmup_epochs * epoch_steps)
+    report_every = max(1, epoch_steps // 50)
 
     history: list[dict] = []
     start_epoch = 0
@@ -453,12 +479,12 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         window_loss, window_steps, window_images, t_window = torch.zeros((), device=device), 0, 0, time.perf_counter()
-        for step in range(steps_per_epoch):
+        for step in range(epoch_steps):
             if stop.is_set():
                 save(epoch)
                 return FitResult("stopped", f"stopped during epoch {epoch + 1} of {config.epochs}",
                                  model, epoch, history)
-            global_step = epoch * steps_per_epoch + step
+            global_step = epoch * epoch_steps + step
             lr = config.lr * lr_factor(config.schedule, global_step, total_steps, warmup_steps,
                                        config.lr_start_fraction, config.lr_end_fraction)
             for group, scale in zip(optimizer.param_groups, group_lr_scales(config)):
@@ -471,7 +497,7 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
                                   if "alt_flip" in config.augment else None)
             if epoch < config.low_res_epochs:
                 x = downscale(x, config.low_res_size)
-            x = normalization.apply(x).contiguous(memory_format=torch.channels_last)
+            x = normalization.apply(x).contiguous(memory_format=memory_format)
             y = train_y[idx]
             detached, logits = train_step(step_model, optimizer, scaler, x, y, config.label_smoothing, device,
                                           amp_dtype)
@@ -484,7 +510,7 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
             window_loss += detached
             window_steps += 1
             window_images += len(idx)
-            if (step + 1) % report_every == 0 or step + 1 == steps_per_epoch:
+            if (step + 1) % report_every == 0 or step + 1 == epoch_steps:
                 mean_loss = window_loss.item() / window_steps
                 now = time.perf_counter()
                 emit(StepEvent(run_id, epoch + 1, global_step + 1, total_steps, mean_loss, lr,
@@ -501,7 +527,7 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         if lookahead is not None and epoch + 1 == config.epochs:
             lookahead.finish(model)
         train_loss = loss_sum.item() / max(seen, 1)
-        val_loss, val_acc = _validate(model, val_x, val_y, normalization, device, amp_dtype)
+        val_loss, val_acc = _validate(model, val_x, val_y, normalization, compute)
         event = EpochEvent(run_id, epoch + 1, train_loss, correct.item() / max(seen, 1), val_loss, val_acc,
                            time.perf_counter() - t_epoch, elapsed())
         history.append(dataclasses.asdict(event))
@@ -515,10 +541,10 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
 
 
 def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalization: Normalization,
-              device: torch.device, amp_dtype) -> tuple[float, float]:
+              compute: Compute) -> tuple[float, float]:
     """Mean loss and accuracy on held-out images (NaN, NaN when there are none)."""
     if len(images) == 0:
         return math.nan, math.nan
-    logits = batched_logits(model, images, normalization, device, amp_dtype)
+    logits = batched_logits(model, images, normalization, compute)
     loss = F.cross_entropy(logits, labels).item()
     return loss, (logits.argmax(1) == labels).float().mean().item()

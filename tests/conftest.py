@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +22,9 @@ sys.path.insert(0, str(ROOT))
 from cifarapp.data import synthetic_data  # noqa: E402
 
 torch.set_num_threads(2)
+# measurements of this machine's speed (cifarapp.hardware) go to a fresh folder per test session;
+# the apps the tests start inherit it
+os.environ["CIFARAPP_CACHE_DIR"] = tempfile.mkdtemp(prefix="cifarapp-test-cache-")
 
 
 @pytest.fixture(scope="session")

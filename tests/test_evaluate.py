@@ -40,6 +40,7 @@ def test_tta_modes_average_the_views_computed_by_hand():
     import torch.nn.functional as F
 
     from cifarapp.data import Normalization, to_model_input
+    from cifarapp.hardware import Compute
     from cifarapp.inference import TTA_MODES, batched_logits
     from cifarapp.models import build_model
 
@@ -53,8 +54,8 @@ def test_tta_modes_average_the_views_computed_by_hand():
         plain = model(x)
         mirrored = [(model(v) + model(v.flip(3))) / 2 for v in views]
     expected = {"none": plain, "flip": mirrored[0], "flip_translate": (mirrored[0] + (mirrored[1] + mirrored[2]) / 2) / 2}
-    cpu = torch.device("cpu")
+    fp32 = Compute(torch.device("cpu"), "fp32", channels_last=True, reason="test")
     for mode in TTA_MODES:
-        got = batched_logits(model, images, Normalization(), cpu, None, batch_size=4, tta=mode)
+        got = batched_logits(model, images, Normalization(), fp32, batch_size=4, tta=mode)
         assert torch.allclose(got, expected[mode], atol=1e-5), mode
     assert not torch.allclose(expected["flip"], expected["flip_translate"])

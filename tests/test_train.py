@@ -67,7 +67,8 @@ def test_checkpoint_round_trip_gives_identical_predictions(small_data, tmp_path)
     result = fit(TrainConfig(**{**QUICK, "epochs": 1, "model": "lenet_bn"}), small_data, checkpoint_path=ckpt)
     pixels = small_data.test_images[:50].permute(0, 2, 3, 1).numpy()
     loaded = checkpoints.load_model(ckpt)
-    direct = checkpoints.LoadedModel(result.model.cpu(), "lenet_bn", small_data.classes, loaded.normalization, {})
+    model = result.model.cpu().to(memory_format=loaded.compute.memory_format)
+    direct = checkpoints.LoadedModel(model, "lenet_bn", small_data.classes, loaded.normalization, {}, loaded.compute)
     assert np.array_equal(predict_pixels(loaded, pixels), predict_pixels(direct, pixels))
     assert loaded.classes == small_data.classes
     assert loaded.meta["config"]["model"] == "lenet_bn"

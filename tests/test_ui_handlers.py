@@ -5,7 +5,7 @@ import shlex
 import numpy as np
 import pytest
 
-from cifarapp.__main__ import _config_from_args, build_parser
+from cifarapp.__main__ import config_from_args, build_parser
 from cifarapp.presets import PRESETS
 from cifarapp.runs import RunSnapshot
 from cifarapp.train import ConfigError, TrainConfig, cli_command
@@ -27,19 +27,19 @@ def test_cli_command_parses_back_to_the_same_config(name):
     config = PRESETS[name].config
     argv = shlex.split(cli_command(config, None))[3:]  # drop "python -m cifarapp"
     args = build_parser().parse_args(argv)
-    assert _config_from_args(args) == config
+    assert config_from_args(args) == config
 
 
 def test_cli_numbers_become_the_setting_types():
     args = build_parser().parse_args(["train", "--preset", "fast_long", "--width", "1", "--epochs", "16",
                                       "--bias-lr-scale", "32", "--lr-end-fraction", "0"])
-    config = _config_from_args(args)
+    config = config_from_args(args)
     assert (config.width, config.epochs, config.bias_lr_scale, config.lr_end_fraction) == (1.0, 16, 32.0, 0.0)
     assert isinstance(config.epochs, int) and isinstance(config.width, float)
     with pytest.raises(ConfigError, match="whole number"):
-        _config_from_args(build_parser().parse_args(["train", "--epochs", "2.5"]))
+        config_from_args(build_parser().parse_args(["train", "--epochs", "2.5"]))
     with pytest.raises(ConfigError, match="must be a number"):
-        _config_from_args(build_parser().parse_args(["train", "--lr", "fast"]))
+        config_from_args(build_parser().parse_args(["train", "--lr", "fast"]))
 
 
 def test_subset_zero_means_all_and_bad_values_raise():
@@ -96,13 +96,6 @@ def test_confusion_figure_and_upscale():
     assert texts == ["0", "1", "3", "4"]
     big = charts.upscale(np.arange(12, dtype=np.uint8).reshape(2, 2, 3), 3)
     assert big.shape == (6, 6, 3) and (big[:3, :3] == big[0, 0]).all()
-
-
-def test_format_duration():
-    assert charts.format_duration(5) == "5s"
-    assert charts.format_duration(125) == "2m05s"
-    assert charts.format_duration(3725) == "1h02m05s"
-    assert charts.format_duration(None) == "–"
 
 
 def test_old_saved_configs_are_removed_and_recent_ones_kept(tmp_path):

@@ -25,7 +25,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     "expect them ~2-3 points below published figures.")
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
-                train_tab.build(ctx, owner)
+                train_tab.build(ctx, owner, demo)
             with gr.Tab("Evaluate", id="evaluate") as tab:
                 evaluate_tab.build(ctx, tab)
             with gr.Tab("Predict", id="predict") as tab:

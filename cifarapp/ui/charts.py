@@ -113,12 +113,3 @@ def pixels_html(image_hwc: np.ndarray, caption: str, size: int = 160) -> str:
 def upscale(image_hwc: np.ndarray, factor: int = 4) -> np.ndarray:
     """Nearest-neighbour enlargement, so a 32x32 image is visible as the model sees it."""
     return np.repeat(np.repeat(image_hwc, factor, axis=0), factor, axis=1)
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not np.isfinite(seconds):
-        return "–"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from ..catalog import ModelCatalog
-from ..data import CifarData, DataUnavailableError, load_cifar10, synthetic_data
-from ..inference import resolve_device, resolve_precision
+from ..data import CIFAR10_TRAIN_SIZE, CifarData, DataUnavailableError, load_cifar10, synthetic_data
+from ..hardware import Measurements, detect, resolve_device
 from ..runs import RunManager
 
+SYNTHETIC_TRAIN_SIZE = 2000
 ASSETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets"
 TEST_SAMPLE = ASSETS_DIR / "test_sample.npz"
 
@@ -30,7 +31,7 @@ class DataSettings:
 
     def load(self) -> CifarData:
         if self.data == "synthetic":
-            return synthetic_data()
+            return synthetic_data(n_train=SYNTHETIC_TRAIN_SIZE)
         return load_cifar10(self.data, self.data_dir, download=self.download)
 
     def describe(self) -> str:
@@ -69,8 +70,16 @@ class AppContext:
     def create(cls, runs_root: str | Path = "runs", data_settings: DataSettings = DataSettings(),
                max_active: int = 1, abandon_after_s: float | None = 600.0,
                cache_max_age_s: int = 3600) -> "AppContext":
-        manager = RunManager(runs_root, data_settings.load, max_active=max_active, abandon_after_s=abandon_after_s)
+        manager = RunManager(runs_root, data_settings.load, max_active=max_active, abandon_after_s=abandon_after_s,
+                             measurements=Measurements())
         return cls(manager, ModelCatalog(manager), data_settings, cache_max_age_s)
+
+    def train_image_count(self) -> int:
+        """Training images of the data set: counted once it is loaded, else its known size."""
+        data = self.manager.loaded_data()
+        if data is not None:
+            return len(data.train_images)
+        return SYNTHETIC_TRAIN_SIZE if self.data_settings.data == "synthetic" else CIFAR10_TRAIN_SIZE
 
     def eval_set(self) -> EvalSet:
         """The full test set when the data is already here (no download), else the shipped sample."""
@@ -98,10 +107,6 @@ def new_owner_token() -> str:
     return secrets.token_urlsafe(16)
 
 
-def device_summary() -> str:
-    """What training will run on here with device and precision on 'auto'."""
-    device = resolve_device("auto")
-    dtype = resolve_precision("auto", device)
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else device.type.upper()
-    precision = {torch.bfloat16: "bf16 mixed precision", torch.float16: "fp16 mixed precision"}.get(dtype, "fp32")
-    return f"{name}, {precision}" + (", channels-last" if device.type != "mps" else "")
+def hardware_summary() -> str:
+    """What training and inference run on here, with device on 'auto'."""
+    return detect(resolve_device("auto")).describe()

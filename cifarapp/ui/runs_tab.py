@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from ..estimate import format_duration
 from ..runs import RunError
 from . import charts
 from .context import AppContext
@@ -21,7 +22,7 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
         rows.append([r.run_id, r.model, r.status, c.get("optimizer"), c.get("lr"),
                      f"{r.epochs_done}/{c.get('epochs')}", c.get("batch_size"), ",".join(c.get("augment") or []),
                      None if r.best_val_acc is None else round(r.best_val_acc, 4),
-                     None if r.test_acc is None else round(r.test_acc, 4), charts.format_duration(r.duration_s)])
+                     None if r.test_acc is None else round(r.test_acc, 4), format_duration(r.duration_s)])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import gradio as gr
 
 from ..data import AUGMENTATIONS, DataUnavailableError
-from ..inference import DEVICES, PRECISIONS
+from ..estimate import BUDGETS, expected_duration, format_duration, plan_for_budget, remaining_seconds
+from ..hardware import DEVICES, PRECISIONS
 from ..models import MODELS, registered_parameter_count
-from ..presets import PRESETS
+from ..presets import BUDGET_BASE, PRESETS
 from ..runs import BusyError, RunError, RunSnapshot
 from ..train import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, cli_command
 from . import charts
-from .context import AppContext, device_summary
+from .context import AppContext, hardware_summary
 
 STATUS_ICONS = {"running": "🟢", "starting": "🟡", "finished": "✅", "stopped": "⏹️", "diverged": "⚠️",
                 "failed": "❌", "interrupted": "⏸️"}
@@ -62,6 +63,8 @@ def status_markdown(snap: RunSnapshot) -> str:
     head = f"{icon} **{snap.status}** · run `{snap.run_id}` · {cfg.get('model')} · {cfg.get('optimizer')} lr {cfg.get('lr')}"
     if snap.message and snap.status != "running":
         head += f"\n\n{snap.message}"
+    elif snap.compute:
+        head += f"\n\nComputes in {snap.compute}"
     return head
 
 
@@ -71,15 +74,47 @@ def progress_html(snap: RunSnapshot) -> str:
     if last is None:
         return "<div class='cf-progress'>waiting for the first steps…</div>"
     frac = last["step"] / max(last["total_steps"], 1)
-    remaining = last["elapsed_s"] / max(frac, 1e-9) * (1 - frac) if snap.status == "running" else 0
+    remaining = (remaining_seconds(last["step"], last["total_steps"], last["elapsed_s"])
+                 if snap.status == "running" else 0)
     return (f"<div class='cf-progress'><progress value='{frac:.4f}' max='1'></progress>"
             f"<span>epoch {last['epoch']}/{epochs} · step {last['step']:,}/{last['total_steps']:,} · "
-            f"{last['images_per_s']:,.0f} img/s · elapsed {charts.format_duration(last['elapsed_s'])} · "
-            f"remaining {charts.format_duration(remaining)}</span></div>")
+            f"{last['images_per_s']:,.0f} img/s · elapsed {format_duration(last['elapsed_s'])} · "
+            f"remaining {format_duration(remaining)}</span></div>")
 
 
-def build(ctx: AppContext, owner: gr.BrowserState) -> None:
-    """Lay out the Train tab and wire its events."""
+BUSY_MEASURING = ("measured when no run is training here (measuring now would slow the run down and read "
+                  "too low)")
+
+
+def estimate_markdown(ctx: AppContext, values: dict) -> str:
+    """The expected duration of the form's configuration on this machine, and how it computes."""
+    try:
+        config = form_to_config(values)
+    except ConfigError:
+        return "⏱️ Expected duration: fix the settings first."
+    if ctx.manager.active_runs():
+        return f"⏱️ Expected duration: {BUSY_MEASURING}."
+    try:
+        estimate = expected_duration(config, ctx.train_image_count(), measurements=ctx.manager.measurements)
+    except (ValueError, RuntimeError) as exc:  # e.g. a device that is not here
+        return f"⏱️ Expected duration: this configuration cannot be measured here: {exc}"
+    return (f"⏱️ **Expected duration: {estimate.describe()}.** The first steps of the run refine it.\n\n"
+            f"Computes in {estimate.compute.describe()}")
+
+
+def budget_plan(ctx: AppContext, label: str) -> tuple[str, TrainConfig | None]:
+    """The fast recipe sized to the budget named `label` on this machine, and a note about it."""
+    if ctx.manager.active_runs():
+        return f"A time budget is {BUSY_MEASURING}.", None
+    plan = plan_for_budget(BUDGETS[label], PRESETS[BUDGET_BASE].config, ctx.train_image_count(),
+                           measurements=ctx.manager.measurements)
+    return (f"Fast recipe sized to {label.replace(' here', '')} on this machine: {plan.describe()}. "
+            "Accuracy grows with the budget; see the presets for measured figures."), plan.config
+
+
+def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
+    """Lay out the Train tab and wire its events (`demo` is the app, whose page load shows the
+    first duration estimate)."""
     param_counts: dict[str, int] = {}  # filled on first view: counting resnet18 imports torchvision (~2 s)
     data_flag = ctx.data_settings.data
 
@@ -92,11 +127,15 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
         return f"{spec.description} · **{param_counts[name]:,} parameters**"
 
     default = PRESETS["report_lenet"].config
-    gr.Markdown(f"Training data: {ctx.data_settings.describe()}. Device on *auto*: **{device_summary()}**.")
+    gr.Markdown(f"Training data: {ctx.data_settings.describe()}. Hardware (device *auto*): **{hardware_summary()}**.")
     with gr.Row():
         preset = gr.Dropdown([(p.title, p.name) for p in PRESETS.values()], value="report_lenet",
                              label="Preset", scale=2)
-        preset_note = gr.Markdown(PRESETS["report_lenet"].report_finding)
+        budget = gr.Dropdown([("none", "")] + [(label, label) for label in BUDGETS], value="", scale=1,
+                             label="…or a time budget", info="sizes the fast recipe to this machine",
+                             elem_id="time-budget")
+        preset_note = gr.Markdown(PRESETS["report_lenet"].report_finding, elem_id="preset-note")
+    estimate_note = gr.Markdown("⏱️ Expected duration: measuring…", elem_id="train-estimate")
     with gr.Row():
         model = gr.Dropdown(list(MODELS), value=default.model, label="Model", scale=1)
         model_note = gr.Markdown(model_info(default.model))
@@ -186,10 +225,24 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
     def apply_preset(name: str):
         p = PRESETS.get(name)
         if p is None:
-            return [gr.skip()] * (len(inputs) + 1)
-        return [p.report_finding, *config_to_form(p.config, fields)]
+            return [gr.skip()] * (len(inputs) + 2)
+        return ["", p.report_finding, *config_to_form(p.config, fields)]
 
-    preset.change(apply_preset, preset, [preset_note, *inputs], show_progress="hidden")
+    preset.change(apply_preset, preset, [budget, preset_note, *inputs], show_progress="hidden")
+
+    def apply_budget(label: str):
+        if label not in BUDGETS:
+            return [gr.skip()] * (len(inputs) + 2)
+        note, config = budget_plan(ctx, label)
+        if config is None:
+            return [gr.skip(), note, *[gr.skip()] * len(inputs)]
+        return [None, note, *config_to_form(config, fields)]
+
+    budget.change(apply_budget, budget, [preset, preset_note, *inputs], show_progress="minimal",
+                  api_name=False, concurrency_limit=1, concurrency_id="measure")
+    gr.on([demo.load, *(c.change for c in inputs)], lambda data: estimate_markdown(ctx, form_values(data)),
+          set(inputs), estimate_note, show_progress="hidden", api_name=False, trigger_mode="always_last",
+          concurrency_limit=1, concurrency_id="measure")
     model.change(model_info, model, model_note, show_progress="hidden")
 
     def show_cli(data: dict):
@@ -256,11 +309,11 @@ def build(ctx: AppContext, owner: gr.BrowserState) -> None:
             snap = ctx.manager.snapshot(current, viewer=who)
         except RunError:
             return [gr.skip()] * 11
-        key = [current, snap.version, snap.status]
+        key = [current, snap.version, snap.status, bool(snap.compute)]
         if key == last_seen:
             return [gr.skip()] * 11
         status_text = status_markdown(snap)
-        if last_seen and last_seen[0] == current and last_seen[2] == snap.status:
+        if last_seen and last_seen[0] == current and last_seen[2:] == key[2:]:
             # same run, same state: leave the buttons alone (re-rendering them can swallow a click)
             buttons = [gr.skip()] * 3
             status_text = gr.skip()
