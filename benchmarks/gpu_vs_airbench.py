@@ -32,7 +32,8 @@ from cifarapp.data import Normalization, load_cifar10  # noqa: E402
 from cifarapp.hardware import machine_header  # noqa: E402
 from cifarapp.inference import batched_logits  # noqa: E402
 from cifarapp.presets import PRESETS  # noqa: E402
-from cifarapp.train import TrainConfig, fit, training_compute  # noqa: E402
+from cifarapp.config import TrainConfig  # noqa: E402
+from cifarapp.train import fit, training_compute  # noqa: E402
 
 # the fast_long recipe at airbench94's width, batch and epochs (lr per image unchanged)
 OURS = TrainConfig.from_dict({**PRESETS["fast_long"].config.to_dict(), "width": 1.0, "lr": 1.5, "batch_size": 1024,

@@ -31,7 +31,8 @@ from cifarapp.data import Normalization, load_cifar10  # noqa: E402
 from cifarapp.hardware import machine_header  # noqa: E402
 from cifarapp.inference import TTA_MODES, batched_logits  # noqa: E402
 from cifarapp.runs import RunDir, execute_run, new_run_id  # noqa: E402
-from cifarapp.train import TrainConfig, training_compute  # noqa: E402
+from cifarapp.config import TrainConfig  # noqa: E402
+from cifarapp.train import training_compute  # noqa: E402
 
 TARGETS = (0.785, 0.85, 0.90, 0.92)
 

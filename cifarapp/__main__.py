@@ -13,53 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoints
-from .data import AUGMENTATIONS, DATA_ENV_VAR, DataUnavailableError, load_cifar10, synthetic_data
+from .data import DATA_ENV_VAR, DataSource, DataUnavailableError
 from .estimate import BUDGETS, expected_duration, format_duration, plan_for_budget, remaining_seconds
 from .evaluate import evaluate
-from .hardware import DEVICES, PRECISIONS, Measurements
+from .files import atomic_write_text
+from .hardware import Measurements
 from .inference import TTA_MODES
-from .models import MODELS
 from .predict import ImageError, predict, top_k
 from .presets import BUDGET_BASE, PRESETS
 from .runs import RunDir, RunError, RunManager, execute_run, new_run_id
-from .train import (OPTIMIZERS, SCHEDULES, ConfigError, EndEvent, EpochEvent, StartEvent, StepEvent, TrainConfig,
-                    cli_command)
+from .config import ConfigError, TrainConfig, cli_command, settings
+from .train import EndEvent, EpochEvent, StartEvent, StepEvent
 from .weights import default_checkpoint, export_shipped
-
-OPTION_HELP = {
-    "model": f"architecture: {', '.join(MODELS)}",
-    "width": "channel width multiplier (fastnet only)",
-    "optimizer": f"optimizer: {', '.join(OPTIMIZERS)}",
-    "lr": "peak learning rate",
-    "momentum": "SGD momentum",
-    "nesterov": "use Nesterov momentum (sgd)",
-    "weight_decay": "L2 weight decay (biases and norm shifts get it divided by the bias lr scale)",
-    "epochs": "passes over the training set",
-    "batch_size": "images per step",
-    "schedule": f"learning-rate schedule after warm-up: {', '.join(SCHEDULES)} "
-                "(onecycle: linear decay, cosine: cosine decay, both to lr_end_fraction of the peak)",
-    "warmup_epochs": "epochs of linear warm-up to the peak lr",
-    "lr_start_fraction": "lr at the start of the warm-up, as a fraction of the peak (airbench: 0.2)",
-    "lr_end_fraction": "lr at the end of the decay (onecycle, cosine), as a fraction of the peak (airbench: 0.07)",
-    "label_smoothing": "label smoothing of the cross-entropy loss, 0 to <1",
-    "bias_lr_scale": "lr multiplier for biases and norm shifts (airbench uses 64 with fastnet)",
-    "lookahead": "lookahead averaging of the weights every 5 steps, growing toward the end",
-    "stem_bias_epochs": "train fastnet's whitening-stem bias for only this many epochs, then freeze it "
-                        "(saves backward work; 0 = train it throughout)",
-    "low_res_epochs": "train the first this many epochs on images shrunk to --low-res-size pixels "
-                      "(progressive resizing: cheaper steps; fastnet and resnet18)",
-    "low_res_size": "side in pixels of the shrunk images of the low-res epochs (8-32)",
-    "augment": f"comma-separated augmentations: {', '.join(AUGMENTATIONS)}",
-    "seed": "random seed (same seed on CPU gives the same numbers)",
-    "device": f"training device: {', '.join(DEVICES)}",
-    "precision": f"numeric precision: {', '.join(PRECISIONS)} (auto: bf16 where the CPU computes it natively "
-                 "and it measures faster, else fp32; bf16 on GPUs that support it, else fp16)",
-    "compile": "torch.compile the training step (compiles for about a minute first; measured no faster "
-               "on a 2-core CPU, see benchmarks/compile_cost.py)",
-    "train_size": "train on only this many images (quick runs); default all",
-    "val_size": "images held out of the training set for validation",
-}
-
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help=f"CIFAR-10 .npz or torchvision folder (or set {DATA_ENV_VAR}); "
@@ -68,10 +33,10 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-download", action="store_true", help="never download; fail if no data is found")
 
 
-def _load_data(args):
-    if args.data == "synthetic":
-        return synthetic_data()
-    return load_cifar10(args.data, args.data_dir, download=not args.no_download)
+def data_source(args) -> DataSource:
+    """The data source that --data, --data-dir and --no-download name."""
+    return DataSource(args.data, args.data_dir, not args.no_download)
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,12 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model; prints the report's epoch lines")
     train.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setup (options override it)")
     defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+    for f, spec in settings():
         flag = "--" + f.name.replace("_", "-")
+        text = spec.help + (f"; one of {', '.join(spec.choices)}" if spec.choices else "")
+        if spec.low is not None or spec.high is not None:
+            text += f"; {spec.range_text()}"
         if f.type == "bool":
-            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=OPTION_HELP[f.name])
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            train.add_argument(flag, default=None, help=f"{OPTION_HELP[f.name]} (default {getattr(defaults, f.name)})")
+            train.add_argument(flag, default=None, help=f"{text} (default {getattr(defaults, f.name)})")
     train.add_argument("--config", help="a JSON config file (as saved by the app); options override it")
     train.add_argument("--budget", type=float, metavar="SECONDS",
                        help="size the fast recipe to about this many seconds on this machine (measured): "
@@ -191,7 +159,7 @@ def _resolve_model_path(spec: str | None, runs_dir: str) -> Path:
 
 
 def _train(args, config: TrainConfig, run_dir: RunDir, resume: bool) -> int:
-    data = _load_data(args)
+    data = data_source(args).load()
     measurements = Measurements()
     if getattr(args, "budget", None):
         plan = plan_for_budget(args.budget, PRESETS[BUDGET_BASE].config, len(data.train_images), len(data.classes),
@@ -241,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args) -> int:
     path = _resolve_model_path(args.model, args.runs_dir)
     loaded = checkpoints.load_model(path)
-    data = _load_data(args)
+    data = data_source(args).load()
     t0 = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -254,7 +222,7 @@ def _evaluate(args) -> int:
     print(result.summary())
     print(result.confusion_text())
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        atomic_write_text(args.json, json.dumps({
             "checkpoint": str(path), "accuracy": result.accuracy, "loss": result.loss, "tta": args.tta,
             "per_class_accuracy": dict(zip(result.classes, np.round(result.per_class_accuracy, 4).tolist())),
             "confusion": result.confusion.tolist(), "classes": list(result.classes)}, indent=2))
@@ -278,7 +246,7 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     run_dir = RunDir(args.runs_dir, args.run_id)
-    data = _load_data(args)
+    data = data_source(args).load()
     command = cli_command(run_dir.read_config(), args.data)
     card = export_shipped(run_dir.checkpoint, args.name, data.test_images, data.test_labels, command=command)
     print(json.dumps(card, indent=2))

@@ -8,8 +8,6 @@ arguments, class names, normalisation, and the metrics of the run that made it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from .data import Normalization
+from .files import atomic_write
 from .hardware import Compute, Measurements, Workload, choose, resolve_device
 from .models import build_model
 
@@ -29,23 +28,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(payload: dict, path: str | Path) -> None:
-    """Write `payload` to `path` through a temporary file in the same folder and a rename, so a
-    crash mid-write leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    for stale in path.parent.glob(f"{path.name}*.tmp"):  # left by a process killed mid-save
-        stale.unlink(missing_ok=True)
+    """Write `payload` to `path` atomically (see files.atomic_write): a crash mid-write leaves
+    either the old file or the new one, never a torn one."""
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def make_payload(model: nn.Module, *, model_name: str, width: float, classes, normalization: Normalization,
@@ -80,8 +65,8 @@ def read(path: str | Path) -> dict:
     return payload
 
 
-# inference speed is measured at this batch size (Evaluate uses 500, Predict a few images)
-INFERENCE_PROBE_BATCH = 256
+# inference speed is measured at Evaluate's batch size (Predict sends a few images at a time)
+INFERENCE_PROBE_BATCH = 500
 
 
 @dataclass

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .files import atomic_write
+
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
@@ -45,6 +47,50 @@ AUGMENTATIONS = {
 
 class DataUnavailableError(RuntimeError):
     """CIFAR-10 could not be found or downloaded."""
+
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_TRAIN_SIZE = 2000
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where training data comes from, as the app, the CLI and the benchmarks name it: `data` is
+    an .npz or folder path, 'synthetic' (a small generated set), or None for the default (the
+    CIFARAPP_DATA environment variable, else the cache in `data_dir`, else torchvision's download
+    there when `download` is true)."""
+
+    data: str | None = None
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    download: bool = True
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.data == SYNTHETIC
+
+    def load(self, download: bool | None = None) -> CifarData:
+        """The data set (`download` overrides whether a missing one may be downloaded)."""
+        if self.is_synthetic:
+            return synthetic_data(n_train=SYNTHETIC_TRAIN_SIZE)
+        return load_cifar10(self.data, self.data_dir, download=self.download if download is None else download)
+
+    def expected_train_images(self) -> int:
+        """How many training images the data set has, before loading it."""
+        return SYNTHETIC_TRAIN_SIZE if self.is_synthetic else CIFAR10_TRAIN_SIZE
+
+    def describe(self) -> str:
+        """Where the data comes from, in words for the Train tab."""
+        if self.is_synthetic:
+            return "a small synthetic data set of coloured shapes (for trying the app)"
+        if self.data or os.environ.get(DATA_ENV_VAR):
+            return f"`{self.data or os.environ.get(DATA_ENV_VAR)}`"
+        cache = Path(self.data_dir) / CACHE_NAME
+        if cache.is_file():
+            return f"the CIFAR-10 cache in `{cache}`"
+        if self.download:
+            return (f"CIFAR-10, downloaded from the official site through torchvision into `{self.data_dir}/` "
+                    "on the first Start (about 170 MB, once)")
+        return "nowhere yet: start the app with `--data PATH` (or CIFARAPP_DATA) to train"
 
 
 @dataclass(frozen=True)
@@ -185,12 +231,10 @@ def _missing_message(data_dir: Path) -> str:
 
 def _write_cache(data: CifarData, cache: Path) -> None:
     """Save an uncompressed npz next to the archive: it loads in about a second."""
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, x_train=data.train_images.permute(0, 2, 3, 1).numpy(),
-             y_train=data.train_labels.numpy().astype(np.uint8),
-             x_test=data.test_images.permute(0, 2, 3, 1).numpy(),
-             y_test=data.test_labels.numpy().astype(np.uint8), classes=np.array(data.classes))
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda fh: np.savez(
+        fh, x_train=data.train_images.permute(0, 2, 3, 1).numpy(), y_train=data.train_labels.numpy().astype(np.uint8),
+        x_test=data.test_images.permute(0, 2, 3, 1).numpy(), y_test=data.test_labels.numpy().astype(np.uint8),
+        classes=np.array(data.classes)))
 
 
 @dataclass(frozen=True)

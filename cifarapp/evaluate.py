@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +12,8 @@ import torch.nn.functional as F
 
 from .checkpoints import LoadedModel
 from .inference import batched_logits
+
+log = logging.getLogger(__name__)
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -78,6 +82,11 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tup
 def evaluate(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, *, tta: str = "none",
              batch_size: int = 500, top_mistakes: int = 32, progress=None) -> EvalResult:
     """Evaluate a loaded model on uint8 images [N, 3, 32, 32] with labels [N]."""
+    log.info("evaluation started: %s on %d images, %s TTA", loaded.model_name, len(labels), tta)
+    started = time.perf_counter()
     logits = batched_logits(loaded.model, images, loaded.normalization, loaded.compute,
                             batch_size=batch_size, tta=tta, progress=progress)
-    return metrics_from_logits(logits, labels, loaded.classes, tta, top_mistakes)
+    result = metrics_from_logits(logits, labels, loaded.classes, tta, top_mistakes)
+    log.info("evaluation finished: %s, accuracy %.4f in %.1f s", loaded.model_name, result.accuracy,
+             time.perf_counter() - started)
+    return result

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .files import atomic_write_text
 from .models import build_model
 
 CACHE_ENV_VAR = "CIFARAPP_CACHE_DIR"
@@ -36,17 +37,19 @@ KERNEL_LIMIT_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_
 # preferred setting (listed first) then wins, so noise does not flip the choice
 TIE_TOLERANCE = 0.05
 # each candidate is timed for at least this long (after one warm-up step), in at most MAX_STEPS steps
-MIN_PROBE_S = 0.25
-MAX_PROBE_STEPS = 30
+MIN_PROBE_S = 0.3
+MAX_PROBE_STEPS = 200
 # larger batches are measured at this size: throughput no longer grows with the batch, and a
 # huge batch would cost the measurement memory and time
 MAX_PROBE_BATCH = 512
-# the choice between settings is measured at this batch size at most (it ranks the settings the
-# same way as larger batches, in a quarter of the time); durations use the run's own batch size
-CHOICE_PROBE_BATCH = 128
+# the choice between settings for training is measured at this batch size at most (it ranks the
+# settings as larger batches do, in less time); durations use the run's own batch size
+TRAIN_CHOICE_BATCH = 256
 # a setting whose warm-up step is this many times slower than the fastest measured so far is
 # not timed further: it cannot win
 HOPELESS_FACTOR = 2.0
+# settings are compared over this many interleaved rounds of measurement
+CHOICE_ROUNDS = 2
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", *PRECISION_DTYPES)
@@ -210,21 +213,37 @@ class Measurements:
     def path(self) -> Path:
         return (self.folder or cache_dir()) / "measurements.json"
 
-    def images_per_s(self, work: Workload, precision: str, channels_last: bool, device: torch.device,
-                     beat: float | None = None) -> float:
-        """Measured images/s of `work` in this setting (cached per machine). With `beat` (the
-        best images/s of a rival setting), a setting that is clearly slower is not timed beyond
-        its warm-up step, and that rough figure is not remembered."""
+    def images_per_s(self, work: Workload, precision: str, channels_last: bool, device: torch.device) -> float:
+        """Measured images/s of `work` in one setting (cached per machine)."""
+        setting = (precision, channels_last)
+        return self.compare(work, [setting], device, rounds=1)[setting]
+
+    def compare(self, work: Workload, candidates: list[tuple[str, bool]], device: torch.device,
+                rounds: int = CHOICE_ROUNDS) -> dict[tuple[str, bool], float]:
+        """Images/s of `work` in each (precision, channels_last) setting, from the cache or
+        measured in `rounds` interleaved rounds, keeping each setting's best (a moment of load
+        on the machine then cannot decide the choice). A setting whose warm-up step is
+        HOPELESS_FACTOR times slower than the best is given up after it; its rough figure is
+        returned but not remembered."""
         machine = detect(device).fingerprint()
-        key = work.key(precision, channels_last)
         with self._lock:
-            known = self._load().get(machine, {}).get(key)
-            if known is not None:
-                return known
-            value, complete = measure(work, precision, channels_last, device, beat)
-            if complete:
-                self._store(machine, key, value)
-            return value
+            known = self._load().get(machine, {})
+            speeds = {c: known[work.key(*c)] for c in candidates if work.key(*c) in known}
+            missing = [c for c in candidates if c not in speeds]
+            timed: dict[tuple[str, bool], float] = {}
+            for round_ in range(rounds if missing else 0):
+                for c in missing:
+                    best = max([*speeds.values(), *timed.values()], default=None)
+                    if round_ and c not in timed:
+                        continue  # given up in the first round
+                    value, complete = measure(work, *c, device, beat=None if round_ else best)
+                    if complete:
+                        timed[c] = max(timed.get(c, 0.0), value)
+                    else:
+                        speeds[c] = value
+            for c, value in timed.items():
+                self._store(machine, work.key(*c), value)
+            return {**speeds, **timed}
 
     def _load(self) -> dict:
         try:
@@ -237,10 +256,7 @@ class Measurements:
         table = self._load()
         table.setdefault(machine, {})[key] = value
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(table, indent=1, sort_keys=True))
         except OSError:
             pass  # a read-only home only costs a new measurement next time
 
@@ -327,10 +343,9 @@ def choose(work: Workload, device: torch.device, precision: str = "auto",
         p, cl = candidates[0]
         return Compute(device, p, cl, reason)
     measurements = measurements or Measurements()
-    work = replace(work, batch_size=min(work.batch_size, CHOICE_PROBE_BATCH))
-    speeds: dict[tuple[str, bool], float] = {}
-    for c in candidates:
-        speeds[c] = measurements.images_per_s(work, c[0], c[1], device, beat=max(speeds.values(), default=None))
+    if work.train:
+        work = replace(work, batch_size=min(work.batch_size, TRAIN_CHOICE_BATCH))
+    speeds = measurements.compare(work, candidates, device)
     fastest = max(speeds.values())
     best = next(c for c in candidates if speeds[c] >= fastest * (1 - TIE_TOLERANCE))
     others = ", ".join(f"{p} {'channels-last' if cl else 'contiguous'} {speeds[(p, cl)]:,.0f}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .train import TrainConfig
+from .config import TrainConfig
 
 
 @dataclass(frozen=True)

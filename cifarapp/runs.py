@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -23,10 +24,13 @@ from typing import Callable
 
 from . import checkpoints
 from .data import CifarData
+from .estimate import format_duration, remaining_seconds
+from .files import atomic_write_text
 from .hardware import Measurements
-from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, StepEvent, TrainConfig, fit
+from .config import TrainConfig
+from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, StepEvent, fit
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # matched in full
 METRIC_COLUMNS = ("kind", "epoch", "step", "total_steps", "loss", "lr", "images_per_s", "elapsed_s",
                   "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "status", "message")
 FINAL_STATUSES = ("finished", "stopped", "diverged", "failed", "interrupted")
@@ -40,6 +44,21 @@ class BusyError(RunError):
     """The trainer limit is reached."""
 
 
+def owner_key(identity: str) -> str:
+    """What a run keeps of its owner: a hash of the identity (a browser's token is a secret that
+    must never sit in a file or a snapshot)."""
+    return hashlib.sha256(identity.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def stored_owner(status: dict) -> str | None:
+    """The owner key of a status.json (None: a run made outside the app, owned by nobody)."""
+    key = status.get("owner_key")
+    if isinstance(key, str):
+        return key
+    legacy = status.get("owner")  # runs written before owners were stored as hashes
+    return owner_key(legacy) if isinstance(legacy, str) else None
+
+
 def new_run_id(model: str) -> str:
     """A sortable, unguessable id such as 20261128-224512-lenet-3f2a9c."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{secrets.token_hex(3)}"
@@ -49,7 +68,7 @@ class RunDir:
     """The files of one run. Every path is checked to stay inside the runs root."""
 
     def __init__(self, root: str | Path, run_id: str):
-        if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+        if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
             raise RunError(f"{run_id!r} is not a valid run id")
         self.root = Path(root).resolve()
         self.path = (self.root / run_id).resolve()
@@ -66,7 +85,7 @@ class RunDir:
 
     def create(self, config: TrainConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=False)
-        (self.path / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(self.path / "config.json", json.dumps(config.to_dict(), indent=2))
         with open(self.path / "metrics.csv", "w", newline="") as fh:
             csv.writer(fh).writerow(METRIC_COLUMNS)
 
@@ -87,9 +106,7 @@ class RunDir:
         return path.read_text() if path.is_file() else ""
 
     def write_status(self, **status) -> None:
-        tmp = self.path / "status.json.tmp"
-        tmp.write_text(json.dumps({"updated": time.time(), **status}, indent=2))
-        os.replace(tmp, self.path / "status.json")
+        atomic_write_text(self.path / "status.json", json.dumps({"updated": time.time(), **status}, indent=2))
 
     def read_status(self) -> dict:
         try:
@@ -135,11 +152,12 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
                 resume: bool = False, owner: str | None = None,
                 on_epoch_end: Callable | None = None, measurements: Measurements | None = None) -> FitResult | None:
     """Train one run in this thread, recording everything in `run_dir` (already created).
-    Returns the fit result, or None when it failed (status.json says why).
+    `owner` is the owner's key (`owner_key`), never an identity. Returns the fit result, or None
+    when it failed (status.json says why).
     `on_epoch_end(epoch, model)` is passed to `fit` (benchmarks measure test accuracy with it)."""
     started = time.time()
     resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
-    status = {"status": "running", "pid": os.getpid(), "started": started, "message": "", "owner": owner}
+    status = {"status": "running", "pid": os.getpid(), "started": started, "message": "", "owner_key": owner}
 
     def record(event: Event) -> None:
         run_dir.append_event(event)
@@ -180,7 +198,7 @@ class RunSnapshot:
     """A copy of one run's state, safe to read while the run goes on."""
 
     run_id: str
-    owner: str | None
+    owner_key: str | None  # who may stop, delete and download it (see owner_key); None: anyone
     status: str
     message: str
     config: dict
@@ -202,7 +220,7 @@ class RunSnapshot:
 class _LiveRun:
     run_dir: RunDir
     config: TrainConfig
-    owner: str
+    owner_key: str
     thread: threading.Thread | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     steps: list[dict] = field(default_factory=list)
@@ -233,12 +251,14 @@ class RunManager:
     """Owns all run state of the process: starts runs in background threads, limits how many
     train at once, answers snapshots, stops runs for their owner, lists and deletes past runs.
 
-    A run nobody has polled for `abandon_after_s` seconds is stopped (its checkpoint stays): a
-    closed tab does not end a run at once, but an abandoned one does not hold the trainer forever.
+    Two rules for a shared app, both off by default: a run nobody has polled for
+    `abandon_after_s` seconds is stopped (a closed tab does not end a run at once, but an
+    abandoned one does not hold the trainer forever), and a run is stopped after `max_run_s`
+    seconds of training. Either way its checkpoint stays and it can be resumed.
     """
 
     def __init__(self, runs_root: str | Path, data_provider: Callable[[], CifarData] | None = None, *,
-                 max_active: int = 1, abandon_after_s: float | None = 600.0,
+                 max_active: int = 1, abandon_after_s: float | None = None, max_run_s: float | None = None,
                  measurements: Measurements | None = None):
         self.root = Path(runs_root)
         self.measurements = measurements or Measurements()
@@ -247,6 +267,7 @@ class RunManager:
         self._data: CifarData | None = None
         self.max_active = max_active
         self.abandon_after_s = abandon_after_s
+        self.max_run_s = max_run_s
         self._lock = threading.Lock()
         self._data_lock = threading.Lock()
         self._live: dict[str, _LiveRun] = {}
@@ -291,10 +312,12 @@ class RunManager:
             return self._data
 
     def start(self, config: TrainConfig | dict, owner: str, resume_run_id: str | None = None) -> str:
-        """Validate and start a run in a background thread; return its id.
+        """Validate and start a run in a background thread for the identity `owner`; return its id.
         Raises ConfigError for bad settings and BusyError when the trainer limit is reached."""
         if resume_run_id is not None:
             run_dir = self.run_dir(resume_run_id)
+            if not self.owns(resume_run_id, owner):
+                raise RunError(f"run {resume_run_id} belongs to someone else; only its owner can resume it")
             if not run_dir.checkpoint.is_file():
                 raise RunError(f"run {resume_run_id} has no checkpoint to resume from")
             config = run_dir.read_config()
@@ -307,7 +330,7 @@ class RunManager:
                 raise BusyError(self._busy_message(busy))
             if resume_run_id is None:
                 run_dir = RunDir(self.root, new_run_id(config.model))
-            live = _LiveRun(run_dir, config, owner)
+            live = _LiveRun(run_dir, config, owner_key(owner))
             self._live[run_dir.run_id] = live
         try:
             data = self.data()
@@ -327,8 +350,9 @@ class RunManager:
     def _busy_message(self, busy: list[_LiveRun]) -> str:
         parts = []
         for run in busy:
-            remaining = _remaining_s(run.steps[-1]) if run.steps else None
-            eta = f" for about {remaining / 60:.0f} more minutes" if remaining is not None else ""
+            last = run.steps[-1] if run.steps else {}
+            remaining = remaining_seconds(last.get("step"), last.get("total_steps"), last.get("elapsed_s"))
+            eta = f" for about {format_duration(remaining)} more" if remaining is not None else ""
             parts.append(f"{run.config.model} ({run.run_dir.run_id}){eta}")
         return ("Busy: the trainer is training " + ", ".join(parts) +
                 f". At most {self.max_active} run(s) train at once; try again when it ends.")
@@ -346,10 +370,9 @@ class RunManager:
                     live.epochs.append(row)
                     live.log.append(event.report_line(live.config.epochs))
                 live.version += 1
-                abandoned = (self.abandon_after_s is not None
-                             and time.time() - live.last_seen > self.abandon_after_s)
-            if abandoned and not live.stop.is_set():
-                live.message = f"stopped: nobody watched this run for {self.abandon_after_s / 60:.0f} minutes"
+                reason = self._stop_reason(live)
+            if reason and not live.stop.is_set():
+                live.message = reason
                 live.stop.set()
 
         if resume:
@@ -357,7 +380,7 @@ class RunManager:
             live.steps.extend(e for e in earlier if e.get("kind") == "step")
             live.epochs.extend(e for e in earlier if e.get("kind") == "epoch")
         execute_run(live.run_dir, live.config, data, on_event=on_event, stop=live.stop, resume=resume,
-                    owner=live.owner, measurements=self.measurements)
+                    owner=live.owner_key, measurements=self.measurements)
         status = live.run_dir.read_status()
         with self._lock:
             live.status = status.get("status", "failed")
@@ -366,17 +389,27 @@ class RunManager:
             live.ended = time.time()
             live.version += 1
 
+    def _stop_reason(self, live: _LiveRun) -> str | None:
+        """Why the app's rules stop a run now (abandoned, or longer than allowed), if they do."""
+        now = time.time()
+        if self.abandon_after_s is not None and now - live.last_seen > self.abandon_after_s:
+            return f"stopped: nobody watched this run for {format_duration(self.abandon_after_s)}"
+        if self.max_run_s is not None and now - live.started > self.max_run_s:
+            return f"stopped: this app stops runs after {format_duration(self.max_run_s)} (resume it to go on)"
+        return None
+
     def latest_run_of(self, owner: str) -> str | None:
         """The id of the owner's most recently started run in this process, if any."""
+        key = owner_key(owner)
         with self._lock:
-            mine = [r for r in self._live.values() if r.owner == owner]
+            mine = [r for r in self._live.values() if r.owner_key == key]
         return max(mine, key=lambda r: r.started).run_dir.run_id if mine else None
 
     def stop(self, run_id: str, owner: str) -> bool:
         """Ask the owner's run to stop at its next step. Returns False if it is not theirs or not running."""
         with self._lock:
             live = self._live.get(run_id)
-            if live is None or live.owner != owner or live.ended is not None:
+            if live is None or live.owner_key != owner_key(owner) or live.ended is not None:
                 return False
             live.stop.set()
             live.message = "stopped by its owner"
@@ -394,13 +427,13 @@ class RunManager:
         with self._lock:
             live = self._live.get(run_id)
             if live is not None:
-                if viewer is not None and viewer == live.owner:
+                if viewer is not None and owner_key(viewer) == live.owner_key:
                     live.last_seen = time.time()
                 return self._snapshot_live(live)
         return self._snapshot_disk(self.run_dir(run_id))
 
     def _snapshot_live(self, live: _LiveRun) -> RunSnapshot:
-        return RunSnapshot(live.run_dir.run_id, live.owner, live.status, live.message, live.config.to_dict(),
+        return RunSnapshot(live.run_dir.run_id, live.owner_key, live.status, live.message, live.config.to_dict(),
                            list(live.steps), list(live.epochs), "\n".join(live.log), live.version,
                            live.started, live.ended, live.run_dir.checkpoint.is_file(), live.compute)
 
@@ -412,7 +445,7 @@ class RunManager:
         steps = [e for e in events if e.get("kind") == "step"]
         epochs = [e for e in events if e.get("kind") == "epoch"]
         log = "\n".join(line for line in run_dir.read_log().splitlines() if line.startswith("Epoch ["))
-        return RunSnapshot(run_dir.run_id, status.get("owner"), status.get("status", "unknown"), status.get("message", ""),
+        return RunSnapshot(run_dir.run_id, stored_owner(status), status.get("status", "unknown"), status.get("message", ""),
                            json.loads((run_dir.path / "config.json").read_text()), steps, epochs, log,
                            len(events), status.get("started"), status.get("ended"), run_dir.checkpoint.is_file(),
                            (status.get("compute") or {}).get("summary", ""))
@@ -433,17 +466,29 @@ class RunManager:
                                         max(accs) if accs else None, len(snap.epochs), duration, test))
         return summaries
 
-    def record_evaluation(self, run_id: str, summary: dict) -> None:
-        """Keep a run's test-set result next to it (shown in the runs table)."""
-        run_dir = self.run_dir(run_id)
-        (run_dir.path / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    def owns(self, run_id: str, identity: str | None) -> bool:
+        """Whether `identity` may control run `run_id`: it is the owner, or the run has none (made
+        outside the app). Controls are stopping, resuming, deleting, downloading the checkpoint
+        and recording a test accuracy; curves and metrics are anyone's to see."""
+        with self._lock:
+            live = self._live.get(run_id)
+            key = live.owner_key if live is not None else stored_owner(self.run_dir(run_id).read_status())
+        return key is None or (identity is not None and owner_key(identity) == key)
+
+    def record_evaluation(self, run_id: str, summary: dict, requester: str | None = None) -> bool:
+        """Keep a run's test-set result next to it (shown in the runs table), if `requester` owns
+        the run; returns whether it was recorded."""
+        if not self.owns(run_id, requester):
+            return False
+        atomic_write_text(self.run_dir(run_id).path / "evaluation.json", json.dumps(summary, indent=2))
+        return True
 
     def delete(self, run_id: str, requester: str | None = None) -> None:
         """Remove a run's folder. A run that is still training cannot be deleted; with a
         `requester`, only their own runs (or runs made outside the app, with no owner) can."""
         run_dir = self.run_dir(run_id)
-        if requester is not None and run_dir.read_status().get("owner") not in (None, requester):
-            raise RunError(f"run {run_id} belongs to another session; it can only be deleted by its owner")
+        if requester is not None and not self.owns(run_id, requester):
+            raise RunError(f"run {run_id} belongs to someone else; only its owner can delete it")
         with self._lock:
             live = self._live.get(run_id)
             if live is not None and live.ended is None:
@@ -459,13 +504,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _remaining_s(step: dict) -> float | None:
-    done, total, elapsed = step.get("step"), step.get("total_steps"), step.get("elapsed_s")
-    if not done or not total or elapsed is None:
-        return None
-    return elapsed / done * (total - done)
 
 
 def _pid_alive_other(pid) -> bool:

@@ -1,4 +1,4 @@
-"""Training: the validated configuration, the loop, and the events it reports.
+"""Training: the loop and the events it reports (the configuration is `config.TrainConfig`).
 
 `fit` trains one model on data already in memory and reports through a callback:
 StepEvent every few steps (loss, lr, images/s), EpochEvent after each epoch (train_loss,
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,209 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints
-from .data import (AUGMENTATIONS, CifarData, Normalization, alternating_flip_mask, augment_batch, downscale,
-                   split_train_val)
-from .hardware import DEVICES, PRECISIONS, Compute, Measurements, Workload, choose, detect, resolve_device
+from .config import TrainConfig
+from .data import CifarData, Normalization, alternating_flip_mask, augment_batch, downscale, split_train_val
+from .hardware import Compute, Measurements, Workload, choose, detect, resolve_device
 from .inference import autocast, batched_logits
-from .models import MODELS, build_model
+from .models import build_model
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "onecycle", "cosine")
 # A windowed mean loss this many times chance-level loss means the run has blown up.
 DIVERGENCE_FACTOR = 25.0
-
-
-class ConfigError(ValueError):
-    """One or more settings are invalid; `problems` lists each in plain words."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("; ".join(problems))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run. Build with `TrainConfig.from_dict` or the
-    constructor, then call `validate()` before use."""
-
-    model: str = "lenet"
-    width: float = 1.0
-    optimizer: str = "adam"
-    lr: float = 0.001
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    epochs: int = 15
-    batch_size: int = 128
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    lr_start_fraction: float = 0.0
-    lr_end_fraction: float = 0.0
-    label_smoothing: float = 0.0
-    bias_lr_scale: float = 1.0
-    lookahead: bool = False
-    stem_bias_epochs: int = 0
-    low_res_epochs: int = 0
-    low_res_size: int = 24
-    augment: tuple[str, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    train_size: int | None = None
-    val_size: int = 5000
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["augment"] = list(self.augment)
-        return d
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a dict of any origin (JSON file, form, API call): unknown keys and values of
-        the wrong type raise ConfigError naming each problem."""
-        if not isinstance(values, dict):
-            raise ConfigError([f"a configuration must be a mapping of settings, got {type(values).__name__}"])
-        problems, kwargs = [], {}
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        for key, value in values.items():
-            if key not in types:
-                problems.append(f"unknown setting {key!r}; known settings: {', '.join(types)}")
-                continue
-            try:
-                kwargs[key] = _coerce(key, types[key], value)
-            except (TypeError, ValueError) as exc:
-                problems.append(str(exc))
-        if problems:
-            raise ConfigError(problems)
-        return cls(**kwargs)
-
-    def validate(self, n_train_available: int | None = None) -> "TrainConfig":
-        """Return self if every value is usable, else raise ConfigError listing every problem.
-        `n_train_available` (the training set size) enables the size checks."""
-        p: list[str] = []
-        if self.model not in MODELS:
-            p.append(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
-        if not (0.05 <= self.width <= 8):
-            p.append(f"width must be between 0.05 and 8, got {self.width}")
-        if self.optimizer not in OPTIMIZERS:
-            p.append(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if not (0 < self.lr <= 100):
-            p.append(f"learning rate must be greater than 0 and at most 100, got {self.lr}")
-        if not (0 <= self.momentum < 1):
-            p.append(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            p.append("nesterov needs the sgd optimizer with momentum above 0")
-        if not (0 <= self.weight_decay <= 1):
-            p.append(f"weight decay must be in [0, 1], got {self.weight_decay}")
-        if not (1 <= self.epochs <= 1000):
-            p.append(f"epochs must be between 1 and 1000, got {self.epochs}")
-        if not (2 <= self.batch_size <= 65536):
-            p.append(f"batch size must be between 2 and 65536, got {self.batch_size}")
-        if self.schedule not in SCHEDULES:
-            p.append(f"unknown lr schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if not (0 <= self.warmup_epochs <= self.epochs):
-            p.append(f"warm-up epochs must be between 0 and the number of epochs, got {self.warmup_epochs}")
-        for name in ("lr_start_fraction", "lr_end_fraction"):
-            if not (0 <= getattr(self, name) <= 1):
-                p.append(f"{name.replace('_', ' ')} must be in [0, 1] (a fraction of the peak lr), "
-                         f"got {getattr(self, name)}")
-        if not (0 <= self.label_smoothing < 1):
-            p.append(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not (0 < self.bias_lr_scale <= 1000):
-            p.append(f"bias lr scale must be greater than 0 and at most 1000, got {self.bias_lr_scale}")
-        # epoch counts of features only some models have: (field, words, ModelSpec flag, what it needs)
-        for name, words, flag, needs in (("stem_bias_epochs", "stem bias epochs", "whitening_stem", "a whitening stem"),
-                                         ("low_res_epochs", "low-res epochs", "any_input_size",
-                                          "global pooling, so that it takes any image size")):
-            value = getattr(self, name)
-            if not (0 <= value <= self.epochs):
-                p.append(f"{words} must be between 0 and the number of epochs, got {value}")
-            elif value and self.model in MODELS and not getattr(MODELS[self.model], flag):
-                able = ", ".join(m for m, spec in MODELS.items() if getattr(spec, flag))
-                p.append(f"{words} needs a model with {needs} ({able}); set it to 0 for {self.model}")
-        if not (8 <= self.low_res_size <= 32):
-            p.append(f"low-res size must be between 8 and 32 pixels, got {self.low_res_size}")
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown:
-            p.append(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)}")
-        if not (0 <= self.seed < 2**31):
-            p.append(f"seed must be between 0 and 2147483647, got {self.seed}")
-        if self.device not in DEVICES:
-            p.append(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            p.append(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
-        if self.train_size is not None and self.train_size < 2:
-            p.append(f"training subset size must be at least 2 images, got {self.train_size}")
-        if self.val_size < 0:
-            p.append(f"validation size must be 0 or more, got {self.val_size}")
-        if n_train_available is not None and not p:
-            room = n_train_available - self.val_size
-            if room < 2:
-                p.append(f"validation size {self.val_size} leaves no training images out of {n_train_available}")
-            elif self.train_size is not None and self.train_size > room:
-                p.append(f"training subset size {self.train_size} is more than the {room} images left "
-                         f"after holding out {self.val_size} for validation")
-            elif self.batch_size > min(room, self.train_size or room):
-                p.append(f"batch size {self.batch_size} is larger than the {min(room, self.train_size or room)} "
-                         "training images; lower the batch size")
-        if p:
-            raise ConfigError(p)
-        return self
-
-
-def cli_command(config: TrainConfig, data_flag: str | None = None) -> str:
-    """The `python -m cifarapp train ...` command equivalent to a config."""
-    default = TrainConfig()
-    parts = ["python", "-m", "cifarapp", "train"]
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(config, f.name)
-        if value == getattr(default, f.name):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, tuple):
-            parts += [flag, ",".join(value)]
-        else:
-            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    if data_flag:
-        parts += ["--data", data_flag]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def _coerce(key: str, annotation, value):
-    """Check and convert one value against its field annotation (given as a string)."""
-    ann = str(annotation)
-    if value is None and "None" in ann:
-        return None
-    if ann.startswith("tuple"):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise TypeError(f"{key} must be a list of names, got {value!r}")
-        return tuple(value)
-    if ann == "bool":
-        if not isinstance(value, bool):
-            raise TypeError(f"{key} must be true or false, got {value!r}")
-        return value
-    if ann.startswith("int"):
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{key} must be a whole number, got {value!r}")
-        return value
-    if ann == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{key} must be a finite number, got {value!r}")
-        return float(value)
-    if ann == "str":
-        if not isinstance(value, str):
-            raise TypeError(f"{key} must be text, got {value!r}")
-        return value
-    raise TypeError(f"{key}: unsupported setting type {ann}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import checkpoints
+from .files import atomic_write_text
 from .evaluate import evaluate
 from .inference import TTA_MODES
 
@@ -90,5 +91,5 @@ def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder
     }
     folder.mkdir(parents=True, exist_ok=True)
     checkpoints.save_atomic(slim, folder / f"{name}.pt")
-    (folder / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(folder / f"{name}.json", json.dumps(card, indent=2) + "\n")
     return card

@@ -3,7 +3,7 @@
 import time
 
 from cifarapp.presets import PRESETS
-from cifarapp.train import TrainConfig
+from cifarapp.config import TrainConfig
 from cifarapp.ui.train_tab import config_to_form
 
 FIELDS = list(TrainConfig().to_dict())  # the Train tab's inputs come in the config's field order

@@ -13,7 +13,8 @@ from cifarapp.estimate import (BUDGETS, PER_EPOCH_S, SETUP_S, expected_duration,
 from cifarapp.hardware import Hardware, Measurements, Workload, choose
 from cifarapp.presets import BUDGET_BASE, PRESETS
 from cifarapp.runs import RunDir, execute_run, new_run_id
-from cifarapp.train import StartEvent, TrainConfig
+from cifarapp.config import TrainConfig
+from cifarapp.train import StartEvent
 
 CPU = torch.device("cpu")
 
@@ -26,9 +27,9 @@ class FakeMeasurements(Measurements):
         self.speed = speed
         self.asked = []
 
-    def images_per_s(self, work, precision, channels_last, device, beat=None):
-        self.asked.append((work, precision, channels_last))
-        return self.speed(work, precision, channels_last)
+    def compare(self, work, candidates, device, rounds=2):
+        self.asked += [(work, p, cl) for p, cl in candidates]
+        return {(p, cl): self.speed(work, p, cl) for p, cl in candidates}
 
 
 def cpu_with(monkeypatch, flags, kernels):
@@ -102,20 +103,30 @@ def test_measurements_are_remembered_per_machine(tmp_path, monkeypatch):
     assert calls == ["fp32"], "the second process reads the file"
     saved = json.loads((tmp_path / "measurements.json").read_text())
     assert list(saved) == [hardware.detect(CPU).fingerprint()]
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # a kernel limit makes it another machine
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2_OTHER")  # another kernel limit makes it another machine
     Measurements(tmp_path).images_per_s(work, "fp32", True, CPU)
     assert calls == ["fp32", "fp32"]
 
 
-def test_a_real_measurement_is_positive_and_a_hopeless_one_is_not_kept(tmp_path):
+def test_a_real_measurement_is_positive_and_a_hopeless_one_is_given_up():
     work = Workload("lenet", batch_size=32)
     speed, complete = hardware.measure(work, "fp32", True, CPU)
     assert speed > 0 and complete
     speed, complete = hardware.measure(work, "fp32", True, CPU, beat=speed * 1000)
     assert not complete
-    store = Measurements(tmp_path)
-    store.images_per_s(work, "fp32", False, CPU, beat=1e12)
-    assert not (tmp_path / "measurements.json").exists()
+
+
+def test_settings_are_compared_over_rounds_and_only_full_measurements_kept(tmp_path, monkeypatch):
+    # round 1: A 100, B 90, C hopeless; round 2: A 80, B 120 (a moment of load hid B's speed)
+    results = iter([(100.0, True), (90.0, True), (10.0, False), (80.0, True), (120.0, True)])
+    monkeypatch.setattr(hardware, "measure", lambda work, p, cl, device, beat=None: next(results))
+    work = Workload("lenet", batch_size=32)
+    a, b, c = ("fp32", True), ("fp32", False), ("bf16", True)
+    speeds = Measurements(tmp_path).compare(work, [a, b, c], CPU)
+    assert speeds == {a: 100.0, b: 120.0, c: 10.0}
+    kept = json.loads((tmp_path / "measurements.json").read_text())[hardware.detect(CPU).fingerprint()]
+    assert set(kept) == {work.key(*a), work.key(*b)}
+    assert Measurements(tmp_path).compare(work, [a, b], CPU) == {a: 100.0, b: 120.0}  # from the file
 
 
 def test_the_runs_compute_is_reported_and_recorded(tmp_path, monkeypatch):

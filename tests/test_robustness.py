@@ -12,7 +12,7 @@ from PIL import Image
 from cifarapp import checkpoints
 from cifarapp.predict import MAX_PIXELS, ImageError, preprocess
 from cifarapp.runs import RunManager
-from cifarapp.train import ConfigError, TrainConfig
+from cifarapp.config import ConfigError, TrainConfig
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from cifarapp.runs import BusyError, RunDir, RunError, RunManager
-from cifarapp.train import ConfigError, TrainConfig
+from cifarapp.config import ConfigError, TrainConfig
 
 SLOW = dict(model="lenet", epochs=50, batch_size=32, val_size=200)
 QUICK = dict(model="lenet", epochs=2, batch_size=64, val_size=200)
@@ -135,7 +135,7 @@ def test_two_simultaneous_starts_start_exactly_one_run(small_data, runs_root):
     def press_start(owner):
         barrier.wait()
         try:
-            outcomes.append(manager.start(TrainConfig(**SLOW), owner=owner))
+            outcomes.append((owner, manager.start(TrainConfig(**SLOW), owner=owner)))
         except BusyError:
             outcomes.append("busy")
 
@@ -147,6 +147,6 @@ def test_two_simultaneous_starts_start_exactly_one_run(small_data, runs_root):
     started = [o for o in outcomes if o != "busy"]
     assert len(started) == 1 and outcomes.count("busy") == 1
     assert len(list(runs_root.iterdir())) == 1
-    run_id = started[0]
-    manager.stop(run_id, manager.snapshot(run_id).owner)
+    owner, run_id = started[0]
+    assert manager.stop(run_id, owner)
     manager.wait(run_id, timeout=60)

@@ -9,8 +9,8 @@ from cifarapp import checkpoints
 from cifarapp.models import build_model
 from cifarapp.predict import predict_pixels
 from cifarapp.presets import PRESETS
-from cifarapp.train import (ConfigError, EpochEvent, Lookahead, StepEvent, TrainConfig, fit, group_lr_scales,
-                            lr_factor, make_optimizer)
+from cifarapp.config import ConfigError, TrainConfig
+from cifarapp.train import EpochEvent, Lookahead, StepEvent, fit, group_lr_scales, lr_factor, make_optimizer
 
 QUICK = dict(model="lenet", epochs=3, batch_size=64, val_size=200, lr=0.002)
 

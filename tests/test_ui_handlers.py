@@ -8,9 +8,10 @@ import pytest
 from cifarapp.__main__ import config_from_args, build_parser
 from cifarapp.presets import PRESETS
 from cifarapp.runs import RunSnapshot
-from cifarapp.train import ConfigError, TrainConfig, cli_command
+from cifarapp.config import ConfigError, TrainConfig, cli_command
 from cifarapp.ui import charts
-from cifarapp.ui.train_tab import config_to_form, form_to_config, owner_of, progress_html, status_markdown
+from cifarapp.ui.identity import owner_of
+from cifarapp.ui.train_tab import config_to_form, form_to_config, progress_html, status_markdown
 
 FIELDS = list(TrainConfig().to_dict())
 
@@ -51,13 +52,16 @@ def test_subset_zero_means_all_and_bad_values_raise():
         form_to_config({**values, "epochs": 2.5})
 
 
-class FakeRequest:
-    session_hash = "abc"
+class FakeProfile:
+    username = "ada"
 
 
-def test_owner_prefers_the_browser_token():
-    assert owner_of("tok", FakeRequest()) == "tok"
-    assert owner_of(None, FakeRequest()) == "session-abc"
+def test_owner_is_the_logged_in_user_else_the_browser_token():
+    assert owner_of("tok", FakeProfile()) == "hf:ada"
+    assert owner_of("tok") == "tok"
+    # a "token" that could pose as a logged-in user, a huge one, or none at all is no identity
+    for bad in ("hf:ada", "x" * 500, "", None, ["tok"]):
+        assert owner_of(bad) is None
 
 
 def _snap(status="running", steps=None, epochs=None):

@@ -9,10 +9,12 @@ from ..estimate import format_duration
 from ..runs import RunError
 from . import charts
 from .context import AppContext
-from .train_tab import owner_of
+from .guard import guarded, text_list, text_value
+from .identity import owner_of
 
-COLUMNS = ["run", "model", "status", "optimizer", "lr", "epochs", "batch", "augment", "best val acc",
-           "test acc", "duration"]
+# short headers: the table is narrow, and a long header breaks mid-word
+COLUMNS = ["run", "model", "status", "optim.", "lr", "epochs", "batch", "augment", "best val", "test", "time"]
+MAX_OVERLAY = 8
 
 
 def runs_table(ctx: AppContext) -> pd.DataFrame:
@@ -26,6 +28,36 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def overlay(ctx: AppContext, run_ids) -> tuple:
+    """Per-epoch curves of the chosen runs (skips where there is nothing to draw)."""
+    snaps = []
+    for run_id in text_list(run_ids, "runs", MAX_OVERLAY):
+        try:
+            snaps.append(ctx.manager.snapshot(run_id))
+        except RunError:
+            continue
+    return tuple(charts.plot_update(frame) for frame in charts.overlay_frames(snaps))
+
+
+def reload(ctx: AppContext, current) -> tuple:
+    ids = [r.run_id for r in ctx.manager.list_runs()]
+    keep = [i for i in text_list(current, "runs", MAX_OVERLAY) if i in ids] or ids[:3]
+    return runs_table(ctx), gr.Dropdown(choices=ids, value=keep), gr.Dropdown(choices=ids, value=None)
+
+
+def delete_run(ctx: AppContext, identity: str | None, run_id, current) -> tuple:
+    run_id = text_value(run_id, "run id", optional=True)
+    if not run_id:
+        return gr.skip(), gr.skip(), gr.skip(), "Pick a run to delete."
+    try:
+        if identity is None:
+            raise RunError("only a run's owner can delete it, and this request names no owner")
+        ctx.manager.delete(run_id, requester=identity)
+    except RunError as exc:
+        return gr.skip(), gr.skip(), gr.skip(), f"❌ {exc}"
+    return *reload(ctx, current), f"Deleted `{run_id}`."
+
+
 def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
     """Lay out the Runs tab inside `tab`; it reloads the table whenever the tab is opened."""
     refresh = gr.Button("↻ Refresh")
@@ -33,7 +65,7 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
                          elem_id="runs-table")
     ids = [r.run_id for r in ctx.manager.list_runs()]
     selected = gr.Dropdown(ids, value=ids[:3], multiselect=True, label="Overlay the curves of these runs",
-                           allow_custom_value=True)
+                        allow_custom_value=True, max_choices=MAX_OVERLAY)
     with gr.Row():
         loss_plot = gr.LinePlot(x="epoch", y="loss", color="series", label="Loss per epoch (train and val)",
                                 y_axis_format=".2f")
@@ -44,30 +76,12 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
         delete = gr.Button("Delete run", variant="stop", scale=1)
     message = gr.Markdown("")
 
-    def overlay(run_ids: list[str] | None):
-        snaps = []
-        for run_id in run_ids or []:
-            try:
-                snaps.append(ctx.manager.snapshot(run_id))
-            except RunError:
-                continue
-        return tuple(charts.plot_update(frame) for frame in charts.overlay_frames(snaps))
+    @guarded
+    def on_delete(token, run_id, current, profile: gr.OAuthProfile | None):
+        return delete_run(ctx, owner_of(token, profile), run_id, current)
 
-    def reload(current: list[str] | None):
-        ids = [r.run_id for r in ctx.manager.list_runs()]
-        keep = [i for i in (current or []) if i in ids] or ids[:3]
-        return runs_table(ctx), gr.Dropdown(choices=ids, value=keep), gr.Dropdown(choices=ids, value=None)
-
-    def remove(token, run_id: str | None, current, request: gr.Request):
-        if not run_id:
-            return gr.skip(), gr.skip(), gr.skip(), "Pick a run to delete."
-        try:
-            ctx.manager.delete(run_id, requester=owner_of(token, request))
-        except RunError as exc:
-            return gr.skip(), gr.skip(), gr.skip(), f"❌ {exc}"
-        return *reload(current), f"Deleted `{run_id}`."
-
-    refresh.click(reload, selected, [table, selected, to_delete], api_name="list_runs")
-    tab.select(reload, selected, [table, selected, to_delete], api_name=False)
-    selected.change(overlay, selected, [loss_plot, acc_plot], api_name=False)
-    delete.click(remove, [owner, to_delete, selected], [table, selected, to_delete, message], api_name="delete_run")
+    on_reload = guarded(lambda current: reload(ctx, current))
+    refresh.click(on_reload, selected, [table, selected, to_delete], api_name="list_runs")
+    tab.select(on_reload, selected, [table, selected, to_delete], api_name=False)
+    selected.change(guarded(lambda run_ids: overlay(ctx, run_ids)), selected, [loss_plot, acc_plot], api_name=False)
+    delete.click(on_delete, [owner, to_delete, selected], [table, selected, to_delete, message], api_name="delete_run")

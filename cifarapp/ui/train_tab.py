@@ -1,36 +1,54 @@
-"""Train tab: the form, presets, Start/Stop, and live plots polled from the run manager."""
+"""Train tab: the form (one widget per setting of config.py), presets and time budgets,
+Start/Stop, and live plots polled from the run manager.
+
+The handlers are module-level functions of the app context and plain values, testable without
+a server; `build` lays out the widgets and wires events to thin wrappers around them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import gradio as gr
 
+from ..config import ConfigError, TrainConfig, cli_command, settings
 from ..data import AUGMENTATIONS, DataUnavailableError
 from ..estimate import BUDGETS, expected_duration, format_duration, plan_for_budget, remaining_seconds
-from ..hardware import DEVICES, PRECISIONS
+from ..limits import RateLimited
 from ..models import MODELS, registered_parameter_count
 from ..presets import BUDGET_BASE, PRESETS
 from ..runs import BusyError, RunError, RunSnapshot
-from ..train import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, cli_command
 from . import charts
 from .context import AppContext, hardware_summary
+from .guard import guarded, plain_error, short, text_value
+from .identity import client_address, new_owner_token, owner_of
+from .widgets import uploaded_file
 
 STATUS_ICONS = {"running": "🟢", "starting": "🟡", "finished": "✅", "stopped": "⏹️", "diverged": "⚠️",
                 "failed": "❌", "interrupted": "⏸️"}
 CONFIG_DIR = Path(tempfile.gettempdir()) / "cifarapp-configs"
-
-
-def owner_of(token: str | None, request: gr.Request | None) -> str:
-    """The browser's stored token, or the Gradio session for API clients without one."""
-    if token:
-        return str(token)
-    return f"session-{request.session_hash}" if request is not None and request.session_hash else "anonymous"
+DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "cifarapp-downloads"
+MAX_CONFIG_BYTES = 64 * 1024
+FIELDS = [f.name for f, _ in settings()]  # the API takes the form's values in this order
+# where each setting sits: the main form, then "More settings" (the model has its own row)
+MAIN_ROWS = (("optimizer", "lr", "epochs", "batch_size"),
+             ("schedule", "warmup_epochs", "label_smoothing", "weight_decay"), ("augment",))
+MORE_ROWS = (("momentum", "nesterov", "width"), ("bias_lr_scale", "lr_start_fraction", "lr_end_fraction"),
+             ("lookahead", "stem_bias_epochs"), ("low_res_epochs", "low_res_size"),
+             ("train_size", "val_size", "seed"), ("device", "precision", "compile"))
+CHOICE_NOTES = {"augment": AUGMENTATIONS}
+# what the poll handler updates, in the order of its outputs
+POLL_OUTPUTS = ("run_id", "seen", "loss_plot", "acc_plot", "progress", "status", "log", "download", "start", "stop",
+                "run_status")
+BUSY_MEASURING = ("measured when no run is training here (measuring now would slow the run down and read "
+                  "too low)")
 
 
 def remove_older_than(directory: Path, max_age_s: float) -> None:
@@ -47,11 +65,12 @@ def form_to_config(values: dict) -> TrainConfig:
     d = dict(values)
     if d.get("train_size") in (0, None, ""):
         d["train_size"] = None
-    d["augment"] = list(d.get("augment") or [])
+    d["augment"] = list(d.get("augment") or []) if isinstance(d.get("augment"), (list, tuple, type(None))) \
+        else d["augment"]
     return TrainConfig.from_dict(d).validate()
 
 
-def config_to_form(config: TrainConfig, fields: list[str]) -> list:
+def config_to_form(config: TrainConfig, fields: list[str] = FIELDS) -> list:
     d = config.to_dict()
     d["train_size"] = d["train_size"] or 0
     return [d[f] for f in fields]
@@ -82,8 +101,25 @@ def progress_html(snap: RunSnapshot) -> str:
             f"remaining {format_duration(remaining)}</span></div>")
 
 
-BUSY_MEASURING = ("measured when no run is training here (measuring now would slow the run down and read "
-                  "too low)")
+def model_info(name) -> str:
+    spec = MODELS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        return ""
+    return f"{spec.description} · **{registered_parameter_count(name):,} parameters**"
+
+
+def rules_markdown(ctx: AppContext) -> str:
+    """The app's rules for runs, as the Train tab states them."""
+    manager = ctx.manager
+    rules = [f"At most {manager.max_active} run(s) train at once."]
+    if manager.abandon_after_s is None:
+        rules.append("A run goes on when you close this tab; come back to it with the same browser.")
+    else:
+        rules.append(f"A run whose page has been closed for {format_duration(manager.abandon_after_s)} is stopped; "
+                     "its checkpoint is kept.")
+    if manager.max_run_s is not None:
+        rules.append(f"Runs stop after {format_duration(manager.max_run_s)} of training (resumable).")
+    return " ".join(rules)
 
 
 def estimate_markdown(ctx: AppContext, values: dict) -> str:
@@ -97,8 +133,11 @@ def estimate_markdown(ctx: AppContext, values: dict) -> str:
     try:
         estimate = expected_duration(config, ctx.train_image_count(), measurements=ctx.manager.measurements)
     except (ValueError, RuntimeError) as exc:  # e.g. a device that is not here
-        return f"⏱️ Expected duration: this configuration cannot be measured here: {exc}"
-    return (f"⏱️ **Expected duration: {estimate.describe()}.** The first steps of the run refine it.\n\n"
+        return f"⏱️ Expected duration: this configuration cannot be measured here: {short(str(exc), 200)}"
+    limit = ctx.manager.max_run_s
+    over = (f" This app stops runs after {format_duration(limit)}." if limit is not None and estimate.seconds > limit
+            else "")
+    return (f"⏱️ **Expected duration: {estimate.describe()}.** The first steps of the run refine it.{over}\n\n"
             f"Computes in {estimate.compute.describe()}")
 
 
@@ -112,222 +151,260 @@ def budget_plan(ctx: AppContext, label: str) -> tuple[str, TrainConfig | None]:
             "Accuracy grows with the budget; see the presets for measured figures."), plan.config
 
 
+def cli_text(values: dict, data_flag: str | None) -> str:
+    try:
+        return cli_command(form_to_config(values), data_flag)
+    except ConfigError as exc:
+        return f"# not a valid configuration: {exc}"
+
+
+def save_config_file(ctx: AppContext, values: dict) -> str:
+    """The form as a JSON config file to download (a fresh file in the temp folder)."""
+    try:
+        config = form_to_config(values)
+    except ConfigError as exc:
+        raise plain_error(f"Fix the form first: {exc}") from None
+    text = json.dumps(config.to_dict(), indent=2)
+    CONFIG_DIR.mkdir(exist_ok=True)
+    remove_older_than(CONFIG_DIR, ctx.cache_max_age_s)
+    path = CONFIG_DIR / f"cifarapp-config-{config.model}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
+    path.write_text(text)
+    return str(path)
+
+
+def load_config_file(ctx: AppContext, file, request: gr.Request | None) -> list:
+    """The form values of an uploaded config file (at most MAX_CONFIG_BYTES of JSON)."""
+    try:
+        ctx.limits.uploads.check(client_address(request))
+    except RateLimited as exc:
+        raise plain_error(str(exc)) from None
+    path = uploaded_file(file)
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise plain_error(f"That file is not a cifarapp config: larger than {MAX_CONFIG_BYTES // 1024} KB.")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        config = TrainConfig.from_dict(values).validate()
+    except (OSError, ValueError, RecursionError) as exc:  # ConfigError and JSON errors are ValueErrors
+        raise plain_error(f"That file is not a cifarapp config: {short(str(exc), 300)}") from None
+    return config_to_form(config)
+
+
+def start_run(ctx: AppContext, token, values: dict, request: gr.Request | None,
+              profile: gr.OAuthProfile | None = None) -> tuple:
+    """Start a run of the form's configuration for the caller: (run id or gr.skip(), status text).
+    A caller with no identity gets a fresh owner token, given back in the status text."""
+    identity = owner_of(token, profile)
+    fresh = None if identity is not None else new_owner_token()
+    identity = identity or fresh
+    address = client_address(request)
+    try:
+        config = form_to_config(values)
+        ctx.limits.runs.check(identity, count=False)
+        ctx.limits.runs_per_address.check(address, count=False)
+        new_id = ctx.manager.start(config, identity)
+        ctx.limits.runs.check(identity)
+        ctx.limits.runs_per_address.check(address)
+    except (ConfigError, BusyError, RunError, RateLimited) as exc:
+        return gr.skip(), f"❌ **Not started.** {exc}"
+    except (DataUnavailableError, OSError) as exc:
+        return gr.skip(), f"❌ **Not started.** Could not load the training data: {short(str(exc), 300)}"
+    note = f"\n\nNo owner was given; this run's owner token (send it to stop or delete the run): `{fresh}`" \
+        if fresh else ""
+    return new_id, f"🟡 **starting** run `{new_id}`…{note}"
+
+
+def stop_run(ctx: AppContext, token, current, request: gr.Request | None,
+             profile: gr.OAuthProfile | None = None) -> str:
+    identity = owner_of(token, profile)
+    current = text_value(current, "run id", optional=True)
+    if identity and current and ctx.manager.stop(current, identity):
+        return "⏹️ stopping at the next step…"
+    return "Nothing of yours is running."
+
+
+def checkpoint_copy(ctx: AppContext, run_id: str, identity: str | None) -> str | None:
+    """A copy of the run's checkpoint for its owner to download (None for anyone else, or when
+    there is none). The copy, not the run's file, is what Gradio serves."""
+    if not ctx.manager.owns(run_id, identity):
+        return None
+    source = ctx.manager.run_dir(run_id).checkpoint
+    DOWNLOAD_DIR.mkdir(exist_ok=True)
+    remove_older_than(DOWNLOAD_DIR, ctx.cache_max_age_s)
+    target = DOWNLOAD_DIR / f"{run_id}-{secrets.token_hex(4)}-checkpoint.pt"
+    try:
+        shutil.copyfile(source, target)
+    except OSError:
+        return None
+    return str(target)
+
+
+def poll_run(ctx: AppContext, token, current, last_seen, request: gr.Request | None,
+             profile: gr.OAuthProfile | None = None) -> dict:
+    """What changed in the caller's run since `last_seen`, by POLL_OUTPUTS name (missing: unchanged)."""
+    identity = owner_of(token, profile)
+    if identity is None:
+        return {}
+    try:
+        ctx.limits.polls.check(identity)
+    except RateLimited as exc:  # say so, and show everything afresh on the next poll
+        return {"seen": None, "status": f"⚠️ {exc}"}
+    current = text_value(current, "run id", optional=True) or ctx.manager.latest_run_of(identity)
+    if not current:
+        return {}
+    try:
+        snap = ctx.manager.snapshot(current, viewer=identity)
+    except RunError:
+        return {}
+    key = [current, snap.version, snap.status, bool(snap.compute)]
+    if key == last_seen:
+        return {}
+    out = {"run_id": current, "seen": key, "progress": progress_html(snap), "log": snap.log, "run_status": snap.status}
+    for name, frame in (("loss_plot", charts.loss_frame(snap)), ("acc_plot", charts.accuracy_frame(snap))):
+        if frame is not None:  # a LinePlot once given an empty frame never draws lines (Gradio 6.31)
+            out[name] = frame
+    if not (isinstance(last_seen, list) and last_seen[:1] == [current] and last_seen[2:] == key[2:]):
+        # the run or its state changed: re-render status and buttons (only then: re-rendering
+        # the buttons on every poll can swallow a click)
+        running = snap.ended is None and snap.status in ("running", "starting")
+        ckpt = checkpoint_copy(ctx, current, identity) if snap.has_checkpoint and not running else None
+        out.update(status=status_markdown(snap), download=gr.DownloadButton(value=ckpt, interactive=ckpt is not None),
+                   start=gr.Button(interactive=not running), stop=gr.Button(interactive=running))
+    return out
+
+
+def apply_preset(name) -> list:
+    """[budget, preset note, *form values] for a preset (skips for an unknown one)."""
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    if preset is None:
+        return [gr.skip()] * (len(FIELDS) + 2)
+    return ["", preset.report_finding, *config_to_form(preset.config)]
+
+
+def apply_budget(ctx: AppContext, label) -> list:
+    """[preset, note, *form values] for a time budget (skips for none)."""
+    if not isinstance(label, str) or label not in BUDGETS:
+        return [gr.skip()] * (len(FIELDS) + 2)
+    note, config = budget_plan(ctx, label)
+    if config is None:
+        return [gr.skip(), note, *[gr.skip()] * len(FIELDS)]
+    return [None, note, *config_to_form(config)]
+
+
+def _widget(name: str, spec, default):
+    """The input component of one setting, with the setting's label, help and bounds."""
+    info = None if spec.help.lower() in spec.label.lower() else spec.help  # no help that repeats the label
+    if isinstance(default, bool):
+        return gr.Checkbox(default, label=spec.label, info=info)
+    if isinstance(default, tuple):
+        notes = CHOICE_NOTES.get(name, {})
+        return gr.CheckboxGroup([(f"{c}: {notes[c]}" if c in notes else c, c) for c in spec.choices], value=list(default),
+                             label=spec.label)
+    if spec.choices:
+        return gr.Dropdown(list(spec.choices), value=default, label=spec.label, info=info)
+    whole = name in {f.name for f, _ in settings() if str(f.type).startswith("int")}
+    low = 0 if name == "train_size" else spec.low  # the form's 0 means "all images"
+    return gr.Number(0 if default is None else default, label=spec.label, info=info, precision=0 if whole else None,
+                  minimum=low, maximum=spec.high)
+
+
 def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
     """Lay out the Train tab and wire its events (`demo` is the app, whose page load shows the
     first duration estimate)."""
-    param_counts: dict[str, int] = {}  # filled on first view: counting resnet18 imports torchvision (~2 s)
-    data_flag = ctx.data_settings.data
-
-    def model_info(name: str) -> str:
-        spec = MODELS.get(name)
-        if spec is None:
-            return ""
-        if name not in param_counts:
-            param_counts[name] = registered_parameter_count(name)
-        return f"{spec.description} · **{param_counts[name]:,} parameters**"
-
+    data_flag = ctx.data_source.data
+    specs = dict((f.name, spec) for f, spec in settings())
     default = PRESETS["report_lenet"].config
-    gr.Markdown(f"Training data: {ctx.data_settings.describe()}. Hardware (device *auto*): **{hardware_summary()}**.")
+    gr.Markdown(f"Training data: {ctx.data_source.describe()}. Hardware (device *auto*): **{hardware_summary()}**.")
     with gr.Row():
-        preset = gr.Dropdown([(p.title, p.name) for p in PRESETS.values()], value="report_lenet",
-                             label="Preset", scale=2)
+        preset = gr.Dropdown([(p.title, p.name) for p in PRESETS.values()], value="report_lenet", label="Preset", scale=2)
         budget = gr.Dropdown([("none", "")] + [(label, label) for label in BUDGETS], value="", scale=1,
-                             label="…or a time budget", info="sizes the fast recipe to this machine",
-                             elem_id="time-budget")
+                          label="…or a time budget", info="sizes the fast recipe to this machine", elem_id="time-budget")
         preset_note = gr.Markdown(PRESETS["report_lenet"].report_finding, elem_id="preset-note")
     estimate_note = gr.Markdown("⏱️ Expected duration: measuring…", elem_id="train-estimate")
+    form: dict[str, gr.components.Component] = {}
     with gr.Row():
-        model = gr.Dropdown(list(MODELS), value=default.model, label="Model", scale=1)
+        form["model"] = gr.Dropdown(list(MODELS), value=default.model, label=specs["model"].label, scale=1)
         model_note = gr.Markdown(model_info(default.model))
-    with gr.Row():
-        optimizer = gr.Radio(list(OPTIMIZERS), value=default.optimizer, label="Optimizer")
-        lr = gr.Number(default.lr, label="Learning rate", minimum=0)
-        epochs = gr.Number(default.epochs, label="Epochs", precision=0, minimum=1)
-        batch_size = gr.Number(default.batch_size, label="Batch size", precision=0, minimum=2)
-    with gr.Row():
-        schedule = gr.Dropdown(list(SCHEDULES), value=default.schedule, label="LR schedule")
-        warmup = gr.Number(default.warmup_epochs, label="Warm-up epochs", minimum=0)
-        smoothing = gr.Number(default.label_smoothing, label="Label smoothing", minimum=0, maximum=0.99)
-        weight_decay = gr.Number(default.weight_decay, label="Weight decay", minimum=0)
-    augment = gr.CheckboxGroup([(f"{k}: {v}", k) for k, v in AUGMENTATIONS.items()], value=list(default.augment),
-                               label="Augmentation (on the training device, per image)")
+    for row in MAIN_ROWS:
+        with gr.Row():
+            for name in row:
+                form[name] = _widget(name, specs[name], getattr(default, name))
     with gr.Accordion("More settings", open=False):
-        with gr.Row():
-            momentum = gr.Number(default.momentum, label="Momentum (sgd)", minimum=0, maximum=0.999)
-            nesterov = gr.Checkbox(default.nesterov, label="Nesterov (sgd)")
-            width = gr.Number(default.width, label="Width multiplier (fastnet)", minimum=0.05, maximum=8)
-        with gr.Row():
-            bias_lr_scale = gr.Number(default.bias_lr_scale, label="LR multiplier for biases and norm shifts",
-                                      minimum=0)
-            lr_start_fraction = gr.Number(default.lr_start_fraction, minimum=0, maximum=1,
-                                          label="Warm-up starts at this fraction of the peak lr")
-            lr_end_fraction = gr.Number(default.lr_end_fraction, minimum=0, maximum=1,
-                                        label="Decay ends at this fraction of the peak lr")
-        with gr.Row():
-            lookahead = gr.Checkbox(default.lookahead, label="Lookahead weight averaging (every 5 steps)")
-            stem_bias_epochs = gr.Number(default.stem_bias_epochs, precision=0, minimum=0,
-                                         label="Train the whitening stem's bias for this many epochs (fastnet; 0 = all)")
-        with gr.Row():
-            low_res_epochs = gr.Number(default.low_res_epochs, precision=0, minimum=0,
-                                       label="Low-res epochs: the first epochs train on shrunk images (fastnet, resnet18)")
-            low_res_size = gr.Number(default.low_res_size, precision=0, minimum=8, maximum=32,
-                                     label="Low-res image side (pixels)")
-        with gr.Row():
-            train_size = gr.Number(0, label="Training subset size (0 = all)", precision=0, minimum=0)
-            val_size = gr.Number(default.val_size, label="Validation images", precision=0, minimum=0)
-            seed = gr.Number(default.seed, label="Seed", precision=0, minimum=0)
-        with gr.Row():
-            device = gr.Dropdown(list(DEVICES), value=default.device, label="Device")
-            precision = gr.Dropdown(list(PRECISIONS), value=default.precision, label="Precision")
-            compile_step = gr.Checkbox(default.compile, label="torch.compile the training step "
-                                                               "(about a minute to compile; no faster on a 2-core CPU)")
+        for row in MORE_ROWS:
+            with gr.Row():
+                for name in row:
+                    form[name] = _widget(name, specs[name], getattr(default, name))
     with gr.Accordion("Config file and CLI", open=False):
         cli_box = gr.Code(cli_command(default, data_flag), language="shell", label="Equivalent CLI command")
         with gr.Row():
             save_config = gr.DownloadButton("Save config (JSON)")
             load_config = gr.UploadButton("Load config", file_types=[".json"])
-
-    form = {"model": model, "width": width, "optimizer": optimizer, "lr": lr, "momentum": momentum,
-            "nesterov": nesterov, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
-            "schedule": schedule, "warmup_epochs": warmup, "lr_start_fraction": lr_start_fraction,
-            "lr_end_fraction": lr_end_fraction, "label_smoothing": smoothing,
-            "bias_lr_scale": bias_lr_scale, "lookahead": lookahead, "stem_bias_epochs": stem_bias_epochs,
-            "low_res_epochs": low_res_epochs, "low_res_size": low_res_size, "augment": augment,
-            "seed": seed, "device": device, "precision": precision, "compile": compile_step,
-            "train_size": train_size, "val_size": val_size}
-    fields = list(TrainConfig().to_dict())  # the API takes the inputs in the config's field order
-    inputs = [form[f] for f in fields]
+    assert set(form) == set(FIELDS), "every setting has a widget"
+    inputs = [form[f] for f in FIELDS]
 
     def form_values(data: dict) -> dict:
-        """Gradio passes a set of inputs as {component: value}; key it by config field instead."""
+        """Gradio passes a set of inputs as {component: value}; key it by setting instead."""
         return {name: data[component] for name, component in form.items()}
 
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary")
         stop_btn = gr.Button("Stop", variant="stop", interactive=False)
         download = gr.DownloadButton("Download checkpoint", interactive=False)
+    gr.Markdown(rules_markdown(ctx), elem_id="train-rules")
     status = gr.Markdown("No run yet. Pick a preset or set the form, then press **Start training**.",
                          elem_id="train-status")
     progress = gr.HTML("", elem_id="train-progress")
     with gr.Row():
         # Created empty: a LinePlot whose first value is an empty frame never draws its lines (Gradio 6.31).
-        loss_plot = gr.LinePlot(x="epoch", y="loss", color="series",
-                                label="Loss", x_title="epoch",
+        loss_plot = gr.LinePlot(x="epoch", y="loss", color="series", label="Loss", x_title="epoch",
                                 y_axis_format=".2f", elem_id="loss-plot")
-        acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="series",
-                               label="Accuracy", x_title="epoch", y_lim=[0, 1],
-                               y_axis_format=".0%", elem_id="acc-plot")
+        acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="series", label="Accuracy", x_title="epoch",
+                               y_lim=[0, 1], y_axis_format=".0%", elem_id="acc-plot")
     log = gr.Textbox(label="Epoch log (the report's format)", lines=6, max_lines=20, autoscroll=True)
     run_id = gr.State(None)
     seen = gr.State(None)
+    run_status = gr.Textbox(visible=False, elem_id="run-status-value")
     timer = gr.Timer(1.0)
+    poll_targets = dict(run_id=run_id, seen=seen, loss_plot=loss_plot, acc_plot=acc_plot, progress=progress,
+                        status=status, log=log, download=download, start=start_btn, stop=stop_btn,
+                        run_status=run_status)
 
-    def apply_preset(name: str):
-        p = PRESETS.get(name)
-        if p is None:
-            return [gr.skip()] * (len(inputs) + 2)
-        return ["", p.report_finding, *config_to_form(p.config, fields)]
-
-    preset.change(apply_preset, preset, [budget, preset_note, *inputs], show_progress="hidden")
-
-    def apply_budget(label: str):
-        if label not in BUDGETS:
-            return [gr.skip()] * (len(inputs) + 2)
-        note, config = budget_plan(ctx, label)
-        if config is None:
-            return [gr.skip(), note, *[gr.skip()] * len(inputs)]
-        return [None, note, *config_to_form(config, fields)]
-
-    budget.change(apply_budget, budget, [preset, preset_note, *inputs], show_progress="minimal",
-                  api_name=False, concurrency_limit=1, concurrency_id="measure")
-    gr.on([demo.load, *(c.change for c in inputs)], lambda data: estimate_markdown(ctx, form_values(data)),
+    preset.change(guarded(apply_preset), preset, [budget, preset_note, *inputs], show_progress="hidden",
+                  api_name="apply_preset")
+    budget.change(guarded(lambda label: apply_budget(ctx, label)), budget, [preset, preset_note, *inputs],
+                  show_progress="minimal", api_name=False, concurrency_limit=1, concurrency_id="measure")
+    gr.on([demo.load, *(c.change for c in inputs)], guarded(lambda data: estimate_markdown(ctx, form_values(data))),
           set(inputs), estimate_note, show_progress="hidden", api_name=False, trigger_mode="always_last",
           concurrency_limit=1, concurrency_id="measure")
-    model.change(model_info, model, model_note, show_progress="hidden")
+    form["model"].change(guarded(model_info), form["model"], model_note, show_progress="hidden", api_name="model_info")
+    gr.on([c.change for c in inputs], guarded(lambda data: cli_text(form_values(data), data_flag)), set(inputs),
+          cli_box, show_progress="hidden", queue=False, api_name="show_cli")
+    save_config.click(guarded(lambda data: save_config_file(ctx, form_values(data))), set(inputs), save_config,
+                      api_name="save_config")
 
-    def show_cli(data: dict):
-        try:
-            return cli_command(form_to_config(form_values(data)), data_flag)
-        except ConfigError as exc:
-            return f"# not a valid configuration: {exc}"
+    @guarded
+    def on_load_config(file, request: gr.Request):
+        return load_config_file(ctx, file, request)
 
-    gr.on([c.change for c in inputs], show_cli, set(inputs), cli_box, show_progress="hidden", queue=False)
+    load_config.upload(on_load_config, load_config, inputs, api_name="load_config")
 
-    def save(data: dict):
-        try:
-            config = form_to_config(form_values(data))
-        except ConfigError as exc:
-            raise gr.Error(f"Fix the form first: {exc}")
-        text = json.dumps(config.to_dict(), indent=2)
-        CONFIG_DIR.mkdir(exist_ok=True)
-        remove_older_than(CONFIG_DIR, ctx.cache_max_age_s)
-        path = CONFIG_DIR / f"cifarapp-config-{config.model}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
-        path.write_text(text)
-        return str(path)
+    @guarded
+    def on_start(request: gr.Request, profile: gr.OAuthProfile | None, token, *form_values_in_order):
+        return start_run(ctx, token, dict(zip(FIELDS, form_values_in_order)), request, profile)
 
-    save_config.click(save, set(inputs), save_config)
-
-    def load(file):
-        try:
-            values = json.loads(Path(file).read_text())
-            config = TrainConfig.from_dict(values).validate()
-        except (OSError, ValueError) as exc:  # ConfigError is a ValueError
-            raise gr.Error(f"That file is not a cifarapp config: {exc}")
-        return config_to_form(config, fields)
-
-    load_config.upload(load, load_config, inputs)
-
-    def start(request: gr.Request, token, *values):
-        who = owner_of(token, request)
-        try:
-            config = form_to_config(dict(zip(fields, values)))
-            new_id = ctx.manager.start(config, who)
-        except (ConfigError, BusyError, RunError) as exc:
-            return gr.skip(), f"❌ **Not started.** {exc}"
-        except (DataUnavailableError, OSError) as exc:
-            return gr.skip(), f"❌ **Not started.** Could not load the training data: {exc}"
-        return new_id, f"🟡 **starting** run `{new_id}`…"
-
-    start_btn.click(start, [owner, *inputs], [run_id, status], api_name="start", concurrency_limit=4,
+    start_btn.click(on_start, [owner, *inputs], [run_id, status], api_name="start", concurrency_limit=4,
                     concurrency_id="train-control")
 
-    def stop(token, current, request: gr.Request):
-        who = owner_of(token, request)
-        if current and ctx.manager.stop(current, who):
-            return "⏹️ stopping at the next step…"
-        return "Nothing of yours is running."
+    @guarded
+    def on_stop(token, current, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return stop_run(ctx, token, current, request, profile)
 
-    stop_btn.click(stop, [owner, run_id], status, api_name="stop", concurrency_limit=4,
+    stop_btn.click(on_stop, [owner, run_id], status, api_name="stop", concurrency_limit=4,
                    concurrency_id="train-control")
 
-    def poll(token, current, last_seen, request: gr.Request):
-        who = owner_of(token, request)
-        current = current or ctx.manager.latest_run_of(who)
-        if not current:
-            return [gr.skip()] * 11
-        try:
-            snap = ctx.manager.snapshot(current, viewer=who)
-        except RunError:
-            return [gr.skip()] * 11
-        key = [current, snap.version, snap.status, bool(snap.compute)]
-        if key == last_seen:
-            return [gr.skip()] * 11
-        status_text = status_markdown(snap)
-        if last_seen and last_seen[0] == current and last_seen[2:] == key[2:]:
-            # same run, same state: leave the buttons alone (re-rendering them can swallow a click)
-            buttons = [gr.skip()] * 3
-            status_text = gr.skip()
-        else:
-            running = snap.ended is None and snap.status in ("running", "starting")
-            ckpt = str(ctx.manager.run_dir(current).checkpoint) if snap.has_checkpoint and not running else None
-            buttons = [gr.DownloadButton(value=ckpt, interactive=ckpt is not None),
-                       gr.Button(interactive=not running), gr.Button(interactive=running)]
-        return (current, key, charts.plot_update(charts.loss_frame(snap)),
-                charts.plot_update(charts.accuracy_frame(snap)), progress_html(snap),
-                status_text, snap.log, *buttons, snap.status)
+    @guarded
+    def on_poll(token, current, last_seen, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        changed = poll_run(ctx, token, current, last_seen, request, profile)
+        return [changed.get(name, gr.skip()) for name in POLL_OUTPUTS]
 
-    run_status = gr.Textbox(visible=False, elem_id="run-status-value")
-    timer.tick(poll, [owner, run_id, seen],
-               [run_id, seen, loss_plot, acc_plot, progress, status, log, download, start_btn, stop_btn, run_status],
+    timer.tick(on_poll, [owner, run_id, seen], [poll_targets[name] for name in POLL_OUTPUTS],
                show_progress="hidden", api_name="poll", concurrency_limit=None)
-

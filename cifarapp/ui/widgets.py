@@ -1,17 +1,66 @@
-"""Widgets used by more than one tab, and Gradio components adapted for the app."""
+"""Widgets used by more than one tab, and the check that a file a handler opens is an upload."""
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from .context import AppContext
+from .guard import plain_error
+
+# the largest upload Gradio accepts (launch's max_file_size) and any file the handlers read
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+
+
+def uploaded_file(path) -> Path:
+    """`path` if it is a regular file that Gradio stored in its upload folder, else a plain error.
+    Handlers open only such files: a path a client names is never read."""
+    try:
+        resolved = Path(path).resolve()
+        inside = resolved.is_relative_to(Path(get_upload_folder()).resolve())
+        info = resolved.stat() if inside else None
+    except (TypeError, ValueError, OSError):
+        inside, info = False, None
+    if not inside or info is None or not stat.S_ISREG(info.st_mode):
+        raise plain_error("That is not a file uploaded to this app; upload it through the page or the API client.")
+    if info.st_size > MAX_UPLOAD_BYTES:
+        raise plain_error(f"That file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+    return resolved
+
+
+class UploadImage(gr.Image):
+    """gr.Image (upload, webcam, clipboard) that hands an undecodable upload to the handler as a
+    path, so the user gets the engine's plain message about the file instead of Gradio's generic
+    error; any other path than an upload of this app is refused."""
+
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "image"  # same front-end component
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        if isinstance(url, str) and url.startswith("data:"):  # webcam and clipboard images
+            try:
+                return super().preprocess(payload)
+            except Exception:  # noqa: BLE001 - Pillow raises many types for bad data
+                raise plain_error("The image data could not be decoded; try another image.") from None
+        path = uploaded_file(getattr(payload, "path", None))
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - Pillow raises many types; predict.preprocess explains them
+            return str(path)
 
 
 def model_picker(ctx: AppContext, tab: gr.Tab, elem_id: str) -> gr.Dropdown:
     """A model dropdown (shipped weights and runs) with a refresh button; it also refreshes when
     `tab` is opened, so a run that just ended is selectable without a restart."""
     dropdown = gr.Dropdown(ctx.catalog.choices(), value=ctx.catalog.default_key(), label="Model", scale=3,
-                           allow_custom_value=True, elem_id=elem_id)
+                        allow_custom_value=True, elem_id=elem_id)
     refresh = gr.Button("↻ Refresh list", scale=0)
 
     def refreshed(current):
@@ -22,18 +71,3 @@ def model_picker(ctx: AppContext, tab: gr.Tab, elem_id: str) -> gr.Dropdown:
     refresh.click(refreshed, dropdown, dropdown, api_name=False, queue=False)
     tab.select(refreshed, dropdown, dropdown, api_name=False, queue=False)
     return dropdown
-
-
-class UploadImage(gr.Image):
-    """gr.Image (upload, webcam, clipboard) that hands an undecodable upload's path to the handler
-    instead of failing inside Gradio, so the user gets the engine's plain message about the file."""
-
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "image"  # same front-end component
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except Exception:  # Pillow raises many types for bad files; predict.preprocess explains them
-            return None if payload is None else payload.path
