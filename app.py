@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cifarapp.data import DataSource  # noqa: E402
 from cifarapp.limits import Limits  # noqa: E402
+from cifarapp.manager import RunRules  # noqa: E402
 from cifarapp.ui import AppContext, build_app, launch  # noqa: E402
 
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
@@ -58,8 +59,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits.create(args.max_runs_per_hour, args.max_uploads_per_minute, args.max_polls_per_second)
     ctx = AppContext.create(args.runs_dir, DataSource(args.data, args.data_dir, not args.no_download),
-                            max_active=args.max_trainers, abandon_after_s=args.abandon_after,
-                            max_run_s=args.max_run_minutes * 60 if args.max_run_minutes else None,
+                            max_active=args.max_trainers,
+                            rules=RunRules(args.abandon_after, args.max_run_minutes * 60 if args.max_run_minutes else None),
                             limits=limits, cache_max_age_s=args.cache_max_age)
     launch(build_app(ctx), ctx, server_name=args.host, server_port=args.port)
 

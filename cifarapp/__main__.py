@@ -21,7 +21,7 @@ from .hardware import Measurements
 from .inference import TTA_MODES
 from .predict import ImageError, predict, top_k
 from .presets import BUDGET_BASE, PRESETS
-from .runs import RunDir, RunError, RunManager, execute_run, new_run_id
+from .runs import RunDir, RunError, RunStore, execute_run, new_run_id
 from .config import ConfigError, TrainConfig, cli_command, settings
 from .train import EndEvent, EpochEvent, StartEvent, StepEvent
 from .weights import default_checkpoint, export_shipped
@@ -158,6 +158,9 @@ def _resolve_model_path(spec: str | None, runs_dir: str) -> Path:
         raise checkpoints.CheckpointError(f"{spec} is neither a checkpoint file nor a run id") from None
 
 
+EXIT_INTERRUPTED = 130  # the shell's convention for a program ended by Ctrl-C (SIGINT)
+
+
 def _train(args, config: TrainConfig, run_dir: RunDir, resume: bool) -> int:
     data = data_source(args).load()
     measurements = Measurements()
@@ -173,12 +176,32 @@ def _train(args, config: TrainConfig, run_dir: RunDir, resume: bool) -> int:
     print(f"run {run_dir.run_id} in {run_dir.path} on {data.source}", flush=True)
     estimate = expected_duration(config, len(data.train_images), len(data.classes), measurements)
     print(f"expected duration: {estimate.describe()}", flush=True)
-    stop = threading.Event()
-    try:
-        execute_run(run_dir, config, data, on_event=ProgressPrinter(config.epochs), stop=stop, resume=resume,
-                    measurements=measurements)
-    except KeyboardInterrupt:
-        stop.set()
+    # training runs in a worker thread so that Ctrl-C (which Python delivers to the main thread)
+    # can ask it to stop at the next step, write its checkpoint and end the run as stopped. The
+    # worker says when it is done through an event: a join interrupted by Ctrl-C can report a
+    # live thread as finished.
+    stop, done = threading.Event(), threading.Event()
+
+    def work() -> None:
+        try:
+            execute_run(run_dir, config, data, on_event=ProgressPrinter(config.epochs), stop=stop, resume=resume,
+                        measurements=measurements)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    interrupted = False
+    while not done.is_set():
+        try:
+            done.wait(0.5)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            print("\nstopping at the next step (the checkpoint is being written)…", file=sys.stderr, flush=True)
+    if interrupted:
+        print(f"resume it with: python -m cifarapp resume {run_dir.run_id}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     status = run_dir.read_status()
     return 0 if status.get("status") in ("finished", "stopped") else 1
 
@@ -254,8 +277,7 @@ def _export(args) -> int:
 
 
 def _list_runs(args) -> int:
-    manager = RunManager(args.runs_dir, abandon_after_s=None)
-    runs = manager.list_runs()
+    runs = RunStore(args.runs_dir).list_runs()
     for run in runs:
         best = f"best val_acc {run.best_val_acc:.4f}" if run.best_val_acc is not None else "no epoch yet"
         print(f"{run.run_id}  {run.status:<11} {run.epochs_done} epochs, {best}")

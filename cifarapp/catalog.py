@@ -7,7 +7,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .checkpoints import CheckpointError, LoadedModel, load_model
-from .runs import RunError, RunManager
+from .manager import RunManager
+from .runs import RunError
 from .weights import WEIGHTS_DIR, shipped_models
 
 SHIPPED_PREFIX = "shipped:"

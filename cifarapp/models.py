@@ -36,6 +36,24 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class SeededDropout(nn.Module):
+    """Dropout of single values, or of whole channels (`channels`, as nn.Dropout2d), that draws
+    its masks from `generator` when one is set: training gives each run its own, so that runs in
+    parallel threads never share a random stream."""
+
+    def __init__(self, p: float, channels: bool = False):
+        super().__init__()
+        self.p, self.channels = p, channels
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        shape = (*x.shape[:2], *[1] * (x.dim() - 2)) if self.channels else x.shape
+        keep = torch.rand(shape, device=x.device, generator=self.generator) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
 def _conv(cin: int, cout: int, batchnorm: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
     if batchnorm:
@@ -51,12 +69,12 @@ class CNN6(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             *_conv(3, 32, True), *_conv(32, 64, False), nn.MaxPool2d(2),
-            *_conv(64, 128, True), *_conv(128, 128, False), nn.MaxPool2d(2), nn.Dropout2d(0.05),
+            *_conv(64, 128, True), *_conv(128, 128, False), nn.MaxPool2d(2), SeededDropout(0.05, channels=True),
             *_conv(128, 256, True), *_conv(256, 256, False), nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Dropout(0.1), nn.Flatten(), nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 512),
-            nn.ReLU(), nn.Dropout(0.1), nn.Linear(512, num_classes),
+            SeededDropout(0.1), nn.Flatten(), nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 512),
+            nn.ReLU(), SeededDropout(0.1), nn.Linear(512, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,19 @@
-"""Runs: their folders on disk, and the manager that owns every run in this process.
+"""Runs on disk: their folders, training one run into its folder, and reading them back.
 
 A run lives in `runs/<run_id>/`: config.json, metrics.csv (one row per event), log.txt (the
-report-style lines), status.json and checkpoint.pt (atomic). `execute_run` trains one run in
-the calling thread (the CLI uses it directly); `RunManager` starts runs in background threads,
-answers snapshots for the UI, stops them, and is the only holder of mutable run state.
+report-style lines and any failure's traceback), status.json and checkpoint.pt (atomic).
+`execute_run` trains one run in the calling thread and records it (the CLI and the app's
+trainer both use it); `RunStore` reads runs back, lists and deletes them, and never writes
+while reading. Runs that are training in this process are `manager.RunManager`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
+import logging
 import json
 import os
 import re
@@ -18,30 +21,30 @@ import secrets
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import checkpoints
 from .data import CifarData
-from .estimate import format_duration, remaining_seconds
 from .files import atomic_write_text
 from .hardware import Measurements
 from .config import TrainConfig
-from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, StepEvent, fit
+from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, fit
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # matched in full
 METRIC_COLUMNS = ("kind", "epoch", "step", "total_steps", "loss", "lr", "images_per_s", "elapsed_s",
                   "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "status", "message")
 FINAL_STATUSES = ("finished", "stopped", "diverged", "failed", "interrupted")
+ACTIVE_STATUSES = ("running", "starting")
+INTERRUPTED_MESSAGE = "the process training this run stopped; resume it from its last checkpoint"
+
+log = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
     """A run cannot be found, started or changed; the message says why."""
-
-
-class BusyError(RunError):
-    """The trainer limit is reached."""
 
 
 def owner_key(identity: str) -> str:
@@ -182,6 +185,9 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
         end_status, message = result.status, result.message
     except Exception as exc:  # the run ends as failed with the reason; the process lives on
         message = failure_message(exc)
+        log.exception("run %s failed", run_dir.run_id)
+        with contextlib.suppress(OSError):
+            run_dir.append_log("".join(traceback.format_exception(exc)).rstrip())
     end = EndEvent(run_dir.run_id, end_status, message, time.time() - started)
     status.update(status=end_status, ended=time.time(), message=message)
     for action in (lambda: record(end), lambda: run_dir.append_log(f"{end_status}: {message}"),
@@ -217,25 +223,6 @@ class RunSnapshot:
 
 
 @dataclass
-class _LiveRun:
-    run_dir: RunDir
-    config: TrainConfig
-    owner_key: str
-    thread: threading.Thread | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    steps: list[dict] = field(default_factory=list)
-    epochs: list[dict] = field(default_factory=list)
-    log: list[str] = field(default_factory=list)
-    status: str = "starting"
-    message: str = ""
-    version: int = 0
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-    last_seen: float = field(default_factory=time.time)
-    compute: str = ""
-
-
-@dataclass
 class RunSummary:
     run_id: str
     model: str
@@ -247,42 +234,24 @@ class RunSummary:
     test_acc: float | None
 
 
-class RunManager:
-    """Owns all run state of the process: starts runs in background threads, limits how many
-    train at once, answers snapshots, stops runs for their owner, lists and deletes past runs.
 
-    Two rules for a shared app, both off by default: a run nobody has polled for
-    `abandon_after_s` seconds is stopped (a closed tab does not end a run at once, but an
-    abandoned one does not hold the trainer forever), and a run is stopped after `max_run_s`
-    seconds of training. Either way its checkpoint stays and it can be resumed.
-    """
 
-    def __init__(self, runs_root: str | Path, data_provider: Callable[[], CifarData] | None = None, *,
-                 max_active: int = 1, abandon_after_s: float | None = None, max_run_s: float | None = None,
-                 measurements: Measurements | None = None):
-        self.root = Path(runs_root)
-        self.measurements = measurements or Measurements()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._data_provider = data_provider
-        self._data: CifarData | None = None
-        self.max_active = max_active
-        self.abandon_after_s = abandon_after_s
-        self.max_run_s = max_run_s
-        self._lock = threading.Lock()
-        self._data_lock = threading.Lock()
-        self._live: dict[str, _LiveRun] = {}
-        self._mark_interrupted()
+class RunStore:
+    """The runs on disk under one root folder: read, listed and deleted here. Reading never
+    writes: a run whose status says it is training, but whose process is gone, reads as
+    interrupted."""
 
-    def _mark_interrupted(self) -> None:
-        """Runs left 'running' by a process that no longer runs them were interrupted."""
-        for run_dir in self._run_dirs():
-            status = run_dir.read_status()
-            if status.get("status") in ("running", "starting") and not _pid_alive_other(status.get("pid")):
-                run_dir.write_status(**{**status, "status": "interrupted",
-                                        "message": "the app stopped while this run was training; "
-                                                   "resume it from its last checkpoint"})
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
 
-    def _run_dirs(self) -> list[RunDir]:
+    def run_dir(self, run_id: str) -> RunDir:
+        """The folder of a run id (validated: it cannot point outside the runs root)."""
+        return RunDir(self.root, run_id)
+
+    def run_dirs(self) -> list[RunDir]:
+        """Every run folder, newest first."""
+        if not self.root.is_dir():
+            return []
         dirs = []
         for path in sorted(self.root.iterdir(), reverse=True):
             try:
@@ -293,207 +262,50 @@ class RunManager:
                 dirs.append(run_dir)
         return dirs
 
-    def loaded_data(self) -> CifarData | None:
-        """The dataset if it is loaded already (never loads it, never waits for a load)."""
-        return self._data
-
-    def active_runs(self) -> int:
-        """How many runs are training now."""
-        with self._lock:
-            return sum(1 for r in self._live.values() if r.ended is None)
-
-    def data(self) -> CifarData:
-        """The dataset, loaded on first use (may download)."""
-        with self._data_lock:
-            if self._data is None:
-                if self._data_provider is None:
-                    raise RunError("this run manager only reads runs; it was given no training data")
-                self._data = self._data_provider()
-            return self._data
-
-    def start(self, config: TrainConfig | dict, owner: str, resume_run_id: str | None = None) -> str:
-        """Validate and start a run in a background thread for the identity `owner`; return its id.
-        Raises ConfigError for bad settings and BusyError when the trainer limit is reached."""
-        if resume_run_id is not None:
-            run_dir = self.run_dir(resume_run_id)
-            if not self.owns(resume_run_id, owner):
-                raise RunError(f"run {resume_run_id} belongs to someone else; only its owner can resume it")
-            if not run_dir.checkpoint.is_file():
-                raise RunError(f"run {resume_run_id} has no checkpoint to resume from")
-            config = run_dir.read_config()
-        else:
-            config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-            config.validate()
-        with self._lock:
-            busy = [r for r in self._live.values() if r.ended is None]
-            if len(busy) >= self.max_active:
-                raise BusyError(self._busy_message(busy))
-            if resume_run_id is None:
-                run_dir = RunDir(self.root, new_run_id(config.model))
-            live = _LiveRun(run_dir, config, owner_key(owner))
-            self._live[run_dir.run_id] = live
-        try:
-            data = self.data()
-            config.validate(len(data.train_images))
-            if resume_run_id is None:
-                run_dir.create(config)
-        except BaseException:
-            with self._lock:
-                del self._live[run_dir.run_id]
-            raise
-        live.thread = threading.Thread(target=self._run, args=(live, data, resume_run_id is not None),
-                                       name=f"train-{run_dir.run_id}", daemon=True)
-        live.status = "running"
-        live.thread.start()
-        return run_dir.run_id
-
-    def _busy_message(self, busy: list[_LiveRun]) -> str:
-        parts = []
-        for run in busy:
-            last = run.steps[-1] if run.steps else {}
-            remaining = remaining_seconds(last.get("step"), last.get("total_steps"), last.get("elapsed_s"))
-            eta = f" for about {format_duration(remaining)} more" if remaining is not None else ""
-            parts.append(f"{run.config.model} ({run.run_dir.run_id}){eta}")
-        return ("Busy: the trainer is training " + ", ".join(parts) +
-                f". At most {self.max_active} run(s) train at once; try again when it ends.")
-
-    def _run(self, live: _LiveRun, data: CifarData, resume: bool) -> None:
-        def on_event(event: Event) -> None:
-            row = dataclasses.asdict(event)
-            with self._lock:
-                if isinstance(event, StartEvent):
-                    live.compute = event.message
-                    live.log.append(f"compute: {event.message}")
-                elif isinstance(event, StepEvent):
-                    live.steps.append(row)
-                elif isinstance(event, EpochEvent):
-                    live.epochs.append(row)
-                    live.log.append(event.report_line(live.config.epochs))
-                live.version += 1
-                reason = self._stop_reason(live)
-            if reason and not live.stop.is_set():
-                live.message = reason
-                live.stop.set()
-
-        if resume:
-            earlier = live.run_dir.read_events()  # the curves continue from where the run stopped
-            live.steps.extend(e for e in earlier if e.get("kind") == "step")
-            live.epochs.extend(e for e in earlier if e.get("kind") == "epoch")
-        execute_run(live.run_dir, live.config, data, on_event=on_event, stop=live.stop, resume=resume,
-                    owner=live.owner_key, measurements=self.measurements)
-        status = live.run_dir.read_status()
-        with self._lock:
-            live.status = status.get("status", "failed")
-            live.message = live.message if live.status == "stopped" and live.message else status.get("message", "")
-            live.log.append(f"{live.status}: {live.message}")
-            live.ended = time.time()
-            live.version += 1
-
-    def _stop_reason(self, live: _LiveRun) -> str | None:
-        """Why the app's rules stop a run now (abandoned, or longer than allowed), if they do."""
-        now = time.time()
-        if self.abandon_after_s is not None and now - live.last_seen > self.abandon_after_s:
-            return f"stopped: nobody watched this run for {format_duration(self.abandon_after_s)}"
-        if self.max_run_s is not None and now - live.started > self.max_run_s:
-            return f"stopped: this app stops runs after {format_duration(self.max_run_s)} (resume it to go on)"
-        return None
-
-    def latest_run_of(self, owner: str) -> str | None:
-        """The id of the owner's most recently started run in this process, if any."""
-        key = owner_key(owner)
-        with self._lock:
-            mine = [r for r in self._live.values() if r.owner_key == key]
-        return max(mine, key=lambda r: r.started).run_dir.run_id if mine else None
-
-    def stop(self, run_id: str, owner: str) -> bool:
-        """Ask the owner's run to stop at its next step. Returns False if it is not theirs or not running."""
-        with self._lock:
-            live = self._live.get(run_id)
-            if live is None or live.owner_key != owner_key(owner) or live.ended is not None:
-                return False
-            live.stop.set()
-            live.message = "stopped by its owner"
-            return True
-
-    def wait(self, run_id: str, timeout: float | None = None) -> RunSnapshot:
-        """Block until the run's thread ends (for the CLI and tests), then return its snapshot."""
-        live = self._live.get(run_id)
-        if live is not None and live.thread is not None:
-            live.thread.join(timeout)
-        return self.snapshot(run_id)
-
-    def snapshot(self, run_id: str, viewer: str | None = None) -> RunSnapshot:
-        """A copy of the run's state. A poll by the run's owner counts as someone watching."""
-        with self._lock:
-            live = self._live.get(run_id)
-            if live is not None:
-                if viewer is not None and owner_key(viewer) == live.owner_key:
-                    live.last_seen = time.time()
-                return self._snapshot_live(live)
-        return self._snapshot_disk(self.run_dir(run_id))
-
-    def _snapshot_live(self, live: _LiveRun) -> RunSnapshot:
-        return RunSnapshot(live.run_dir.run_id, live.owner_key, live.status, live.message, live.config.to_dict(),
-                           list(live.steps), list(live.epochs), "\n".join(live.log), live.version,
-                           live.started, live.ended, live.run_dir.checkpoint.is_file(), live.compute)
-
-    def _snapshot_disk(self, run_dir: RunDir) -> RunSnapshot:
-        if not run_dir.exists():
-            raise RunError(f"no run named {run_dir.run_id}")
+    def status(self, run_dir: RunDir) -> dict:
+        """status.json as it stands, with a dead process's training status read as interrupted."""
         status = run_dir.read_status()
+        if status.get("status") in ACTIVE_STATUSES and not _pid_alive_other(status.get("pid")):
+            status = {**status, "status": "interrupted", "message": INTERRUPTED_MESSAGE}
+        return status
+
+    def owner_key(self, run_id: str) -> str | None:
+        return stored_owner(self.run_dir(run_id).read_status())
+
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        """A run's state as its files record it."""
+        run_dir = self.run_dir(run_id)
+        if not run_dir.exists():
+            raise RunError(f"no run named {run_id}")
+        status = self.status(run_dir)
         events = run_dir.read_events()
         steps = [e for e in events if e.get("kind") == "step"]
         epochs = [e for e in events if e.get("kind") == "epoch"]
-        log = "\n".join(line for line in run_dir.read_log().splitlines() if line.startswith("Epoch ["))
-        return RunSnapshot(run_dir.run_id, stored_owner(status), status.get("status", "unknown"), status.get("message", ""),
-                           json.loads((run_dir.path / "config.json").read_text()), steps, epochs, log,
-                           len(events), status.get("started"), status.get("ended"), run_dir.checkpoint.is_file(),
-                           (status.get("compute") or {}).get("summary", ""))
+        log_text = "\n".join(line for line in run_dir.read_log().splitlines() if line.startswith("Epoch ["))
+        compute = status.get("compute") if isinstance(status.get("compute"), dict) else {}
+        return RunSnapshot(run_id, stored_owner(status), status.get("status", "unknown"), status.get("message", ""),
+                           _read_json(run_dir.path / "config.json"), steps, epochs, log_text, len(events),
+                           status.get("started"), status.get("ended"), run_dir.checkpoint.is_file(),
+                           compute.get("summary", ""))
 
-    def run_dir(self, run_id: str) -> RunDir:
-        """The folder of a run id (validated; it cannot point outside the runs root)."""
-        return RunDir(self.root, run_id)
+    def summary(self, snap: RunSnapshot) -> RunSummary:
+        """A row of the runs table."""
+        accs = [e["val_acc"] for e in snap.epochs if isinstance(e.get("val_acc"), (int, float))]
+        duration = (snap.ended or time.time()) - snap.started if isinstance(snap.started, (int, float)) else None
+        test = _read_json(self.run_dir(snap.run_id).path / "evaluation.json").get("accuracy")
+        return RunSummary(snap.run_id, snap.config.get("model", "?"), snap.status, snap.config,
+                          max(accs) if accs else None, len(snap.epochs), duration, test)
 
     def list_runs(self) -> list[RunSummary]:
         """Every run on disk, newest first."""
-        summaries = []
-        for run_dir in self._run_dirs():
-            snap = self.snapshot(run_dir.run_id)
-            accs = [e["val_acc"] for e in snap.epochs if isinstance(e.get("val_acc"), (int, float))]
-            duration = (snap.ended or time.time()) - snap.started if snap.started else None
-            test = _read_json(run_dir.path / "evaluation.json").get("accuracy")
-            summaries.append(RunSummary(run_dir.run_id, snap.config.get("model", "?"), snap.status, snap.config,
-                                        max(accs) if accs else None, len(snap.epochs), duration, test))
-        return summaries
+        return [self.summary(self.snapshot(run_dir.run_id)) for run_dir in self.run_dirs()]
 
-    def owns(self, run_id: str, identity: str | None) -> bool:
-        """Whether `identity` may control run `run_id`: it is the owner, or the run has none (made
-        outside the app). Controls are stopping, resuming, deleting, downloading the checkpoint
-        and recording a test accuracy; curves and metrics are anyone's to see."""
-        with self._lock:
-            live = self._live.get(run_id)
-            key = live.owner_key if live is not None else stored_owner(self.run_dir(run_id).read_status())
-        return key is None or (identity is not None and owner_key(identity) == key)
-
-    def record_evaluation(self, run_id: str, summary: dict, requester: str | None = None) -> bool:
-        """Keep a run's test-set result next to it (shown in the runs table), if `requester` owns
-        the run; returns whether it was recorded."""
-        if not self.owns(run_id, requester):
-            return False
+    def record_evaluation(self, run_id: str, summary: dict) -> None:
+        """Keep a run's test-set result next to it (shown in the runs table)."""
         atomic_write_text(self.run_dir(run_id).path / "evaluation.json", json.dumps(summary, indent=2))
-        return True
 
-    def delete(self, run_id: str, requester: str | None = None) -> None:
-        """Remove a run's folder. A run that is still training cannot be deleted; with a
-        `requester`, only their own runs (or runs made outside the app, with no owner) can."""
+    def delete(self, run_id: str) -> None:
         run_dir = self.run_dir(run_id)
-        if requester is not None and not self.owns(run_id, requester):
-            raise RunError(f"run {run_id} belongs to someone else; only its owner can delete it")
-        with self._lock:
-            live = self._live.get(run_id)
-            if live is not None and live.ended is None:
-                raise RunError(f"run {run_id} is still training; stop it first")
-            self._live.pop(run_id, None)
         if not run_dir.exists():
             raise RunError(f"no run named {run_id}")
         shutil.rmtree(run_dir.path)
@@ -501,9 +313,10 @@ class RunManager:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _pid_alive_other(pid) -> bool:
@@ -517,4 +330,3 @@ def _pid_alive_other(pid) -> bool:
     except PermissionError:
         return True
     return True
-

@@ -25,10 +25,18 @@ from .config import TrainConfig
 from .data import CifarData, Normalization, alternating_flip_mask, augment_batch, downscale, split_train_val
 from .hardware import Compute, Measurements, Workload, choose, detect, resolve_device
 from .inference import autocast, batched_logits
-from .models import build_model
+from .models import SeededDropout, build_model
 
 # A windowed mean loss this many times chance-level loss means the run has blown up.
 DIVERGENCE_FACTOR = 25.0
+# images whose 2x2 patch statistics set fastnet's whitening stem
+WHITENING_SAMPLE = 5000
+# step events (loss, lr, images/s) per epoch: the resolution of the live loss plot
+REPORTS_PER_EPOCH = 50
+# dropout masks come from the epoch's seed mixed with this, so they differ from its augmentation
+DROPOUT_SEED_SALT = 0x5EED
+# the global torch generator is borrowed only to draw initial weights (see seeded_model)
+_GLOBAL_RNG = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,9 @@ class EpochEvent:
 
     def report_line(self, epochs: int) -> str:
         """The report's printout: `Epoch [n], train_loss: …, val_loss: …, val_acc: …`."""
-        return (f"Epoch [{self.epoch}/{epochs}], train_loss: {self.train_loss:.4f}, "
-                f"val_loss: {self.val_loss:.4f}, val_acc: {self.val_acc:.4f} ({self.epoch_s:.1f}s)")
+        validation = (f"val_loss: {self.val_loss:.4f}, val_acc: {self.val_acc:.4f}" if math.isfinite(self.val_loss)
+                      else "no validation (validation size 0)")
+        return f"Epoch [{self.epoch}/{epochs}], train_loss: {self.train_loss:.4f}, {validation} ({self.epoch_s:.1f}s)"
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,163 @@ def training_compute(config: TrainConfig, num_classes: int = 10,
     return choose(work, resolve_device(config.device), config.precision, measurements)
 
 
+def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model of `config` with its initial weights drawn from the run's seed. The global torch
+    generator is borrowed under a lock and restored, so runs in other threads are not disturbed
+    (they draw from their own generators)."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_model(config.model, num_classes=num_classes, width=config.width)
+
+
+class _Training:
+    """One run's training state: set up from the config and data (or a checkpoint to resume),
+    the per-batch pipeline, one epoch at a time, and checkpoints."""
+
+    def __init__(self, config: TrainConfig, data: CifarData, compute: Compute, normalization: Normalization,
+                 resume_from: dict | None):
+        self.config, self.compute, self.normalization = config, compute, normalization
+        self.classes = data.classes
+        device = compute.device
+        split = split_train_val(len(data.train_images), config.val_size, config.seed, config.train_size)
+        self.train_x = data.train_images[split.train].to(device)
+        self.train_y = data.train_labels[split.train].to(device)
+        self.val_x, self.val_y = data.train_images[split.val], data.train_labels[split.val]
+
+        self.model = seeded_model(config, len(data.classes)).to(device, memory_format=compute.memory_format)
+        if hasattr(self.model, "init_whitening") and resume_from is None:
+            sample = self.train_x[:WHITENING_SAMPLE].float().div(255)
+            self.model.init_whitening(normalization.apply(sample))
+        self.optimizer = make_optimizer(config, self.model)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=compute.dtype == torch.float16)
+        # the compiled module shares the model's parameters; checkpoints, validation and lookahead use the model
+        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.dropout = torch.Generator(device=device)  # the run's own dropout masks (models.SeededDropout)
+        for module in self.model.modules():
+            if isinstance(module, SeededDropout):
+                module.generator = self.dropout
+
+        n = len(self.train_x)
+        # alt_flip's per-image choice is fixed for the whole run (drawn from the seed, so a resumed
+        # run draws the same one)
+        self.first_epoch_flips = torch.rand(n, device=device, generator=torch.Generator(device=device).manual_seed(
+            config.seed)) < 0.5
+        self.epoch_steps = steps_per_epoch(n, config.batch_size)
+        self.total_steps = self.epoch_steps * config.epochs
+        self.warmup_steps = round(config.warmup_epochs * self.epoch_steps)
+        self.report_every = max(1, self.epoch_steps // REPORTS_PER_EPOCH)
+
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        if resume_from is not None:
+            self.model.load_state_dict(resume_from["state_dict"])
+            self.optimizer.load_state_dict(resume_from["optimizer"])
+            if "scaler" in resume_from:
+                self.scaler.load_state_dict(resume_from["scaler"])
+            self.start_epoch = int(resume_from["epochs_done"])
+            self.history = list(resume_from.get("metrics", []))
+        self.lookahead = None
+        if config.lookahead:
+            self.lookahead = Lookahead(self.model, resume_from.get("lookahead") if resume_from is not None else None)
+
+    def save(self, path: str | Path | None, epochs_done: int, run_id: str) -> None:
+        """A checkpoint of the run after `epochs_done` epochs (nothing without a path)."""
+        if path is None:
+            return
+        extra = {"epochs_done": epochs_done, "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "run_id": run_id}
+        if self.lookahead is not None:
+            extra["lookahead"] = self.lookahead.average
+        payload = checkpoints.make_payload(
+            self.model, model_name=self.config.model, width=self.config.width, classes=self.classes,
+            normalization=self.normalization, config=self.config.to_dict(), metrics=self.history, extra=extra)
+        checkpoints.save_atomic(payload, path)
+
+    def batch(self, indices: torch.Tensor, epoch: int, gen: torch.Generator) -> torch.Tensor:
+        """The model input for the training images `indices`: scaled to [0, 1], augmented,
+        shrunk in low-res epochs, normalised, in the compute's memory layout."""
+        config = self.config
+        x = self.train_x[indices].float().div_(255)
+        if config.augment:
+            flips = (alternating_flip_mask(self.first_epoch_flips, indices, epoch)
+                     if "alt_flip" in config.augment else None)
+            x = augment_batch(x, config.augment, gen, fill=self.normalization.mean, flip_mask=flips)
+        if epoch < config.low_res_epochs:
+            x = downscale(x, config.low_res_size)
+        return self.normalization.apply(x).contiguous(memory_format=self.compute.memory_format)
+
+    def epoch(self, epoch: int, run_id: str, emit: Callable[[Event], None], stop: threading.Event,
+              elapsed: Callable[[], float]) -> tuple[str, str] | EpochEvent:
+        """Train one epoch: its EpochEvent, or (status, message) when it was stopped or diverged."""
+        config, model, device = self.config, self.model, self.compute.device
+        if config.stem_bias_epochs and epoch >= config.stem_bias_epochs:
+            model.freeze_stem()
+        gen = torch.Generator(device=device).manual_seed(_epoch_seed(config.seed, epoch))
+        self.dropout.manual_seed(_epoch_seed(config.seed, epoch) ^ DROPOUT_SEED_SALT)
+        order = torch.randperm(len(self.train_x), device=device, generator=gen)
+        model.train()
+        t_epoch = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        window = _Window(device)
+        chance_loss = math.log(len(self.classes))
+        for step in range(self.epoch_steps):
+            if stop.is_set():
+                return "stopped", f"stopped during epoch {epoch + 1} of {config.epochs}"
+            global_step = epoch * self.epoch_steps + step
+            lr = config.lr * lr_factor(config.schedule, global_step, self.total_steps, self.warmup_steps,
+                                       config.lr_start_fraction, config.lr_end_fraction)
+            for group, scale in zip(self.optimizer.param_groups, group_lr_scales(config)):
+                group["lr"] = lr * scale
+            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
+            y = self.train_y[indices]
+            loss, logits = train_step(self.step_model, self.optimizer, self.scaler, self.batch(indices, epoch, gen),
+                                      y, config.label_smoothing, device, self.compute.dtype)
+            if self.lookahead is not None:
+                self.lookahead.after_step(model, global_step + 1, self.total_steps)
+            loss_sum += loss * len(indices)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(indices)
+            window.add(loss, len(indices))
+            if (step + 1) % self.report_every == 0 or step + 1 == self.epoch_steps:
+                mean_loss, images_per_s = window.take()
+                emit(StepEvent(run_id, epoch + 1, global_step + 1, self.total_steps, mean_loss, lr, images_per_s,
+                               elapsed()))
+                if not math.isfinite(mean_loss) or mean_loss > DIVERGENCE_FACTOR * chance_loss:
+                    kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished"
+                    return "diverged", (f"training diverged at step {global_step + 1}: loss {mean_loss:.4g}. The "
+                                        f"learning rate {config.lr:g} is probably too high; try 3-10x lower. ({kept})")
+        if self.lookahead is not None and epoch + 1 == config.epochs:
+            self.lookahead.finish(model)
+        val_loss, val_acc = _validate(model, self.val_x, self.val_y, self.normalization, self.compute)
+        return EpochEvent(run_id, epoch + 1, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1),
+                          val_loss, val_acc, time.perf_counter() - t_epoch, elapsed())
+
+
+class _Window:
+    """Mean loss and images/s of the steps since the last report (the loss stays on the device
+    until a report, so steps do not wait for it)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.loss, self.steps, self.images, self.since = torch.zeros((), device=self.device), 0, 0, now
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.images += images
+
+    def take(self) -> tuple[float, float]:
+        now = time.perf_counter()
+        result = self.loss.item() / self.steps, self.images / max(now - self.since, 1e-9)
+        self._reset(now)
+        return result
+
+
 def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
         checkpoint_path: str | Path | None = None, resume_from: dict | None = None,
@@ -206,142 +372,35 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
         measurements: Measurements | None = None) -> FitResult:
     """Train as `config` says on `data`, reporting events; save a checkpoint after every epoch
     (and when stopped) to `checkpoint_path`; continue a run from a checkpoint dict `resume_from`.
-    `on_epoch_end(epoch, model)` lets benchmarks measure the model after each epoch."""
+    `on_epoch_end(epoch, model)` lets benchmarks measure the model after each epoch (its time is
+    not counted as training time)."""
     config = config.validate(len(data.train_images))
     emit = on_event or (lambda event: None)
     stop = stop or threading.Event()
     compute = training_compute(config, len(data.classes), measurements)
-    device, amp_dtype, memory_format = compute.device, compute.dtype, compute.memory_format
-    emit(StartEvent(run_id, detect(device).describe(), compute.to_dict(), compute.describe()))
-
-    torch.manual_seed(config.seed)
-    split = split_train_val(len(data.train_images), config.val_size, config.seed, config.train_size)
-    train_x = data.train_images[split.train].to(device)
-    train_y = data.train_labels[split.train].to(device)
-    val_x, val_y = data.train_images[split.val], data.train_labels[split.val]
-
-    model = build_model(config.model, num_classes=len(data.classes), width=config.width)
-    model = model.to(device, memory_format=memory_format)
-    if hasattr(model, "init_whitening") and resume_from is None:
-        sample = train_x[:5000].float().div(255)
-        model.init_whitening(normalization.apply(sample))
-    optimizer = make_optimizer(config, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    # the compiled module shares `model`'s parameters; checkpoints, validation and lookahead use `model`
-    step_model = torch.compile(model) if config.compile else model
-
-    n = len(train_x)
-    # alt_flip's per-image choice is fixed for the whole run (drawn from the seed, so a resumed
-    # run draws the same one)
-    first_epoch_flips = torch.rand(n, device=device, generator=torch.Generator(device=device).manual_seed(
-        config.seed)) < 0.5
-    epoch_steps = steps_per_epoch(n, config.batch_size)
-    total_steps = epoch_steps * config.epochs
-    warmup_steps = round(config.warmup_epochs * epoch_steps)
-    report_every = max(1, epoch_steps // 50)
-
-    history: list[dict] = []
-    start_epoch = 0
-    if resume_from is not None:
-        model.load_state_dict(resume_from["state_dict"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        if "scaler" in resume_from:
-            scaler.load_state_dict(resume_from["scaler"])
-        start_epoch = int(resume_from["epochs_done"])
-        history = list(resume_from.get("metrics", []))
-    lookahead = None
-    if config.lookahead:
-        lookahead = Lookahead(model, resume_from.get("lookahead") if resume_from is not None else None)
-
-    def save(epochs_done: int) -> None:
-        if checkpoint_path is None:
-            return
-        payload = checkpoints.make_payload(
-            model, model_name=config.model, width=config.width, classes=data.classes,
-            normalization=normalization, config=config.to_dict(), metrics=history,
-            extra={"epochs_done": epochs_done, "optimizer": optimizer.state_dict(),
-                   "scaler": scaler.state_dict(), "run_id": run_id,
-                   **({"lookahead": lookahead.average} if lookahead is not None else {})})
-        checkpoints.save_atomic(payload, checkpoint_path)
-
-    chance_loss = math.log(len(data.classes))
+    emit(StartEvent(run_id, detect(compute.device).describe(), compute.to_dict(), compute.describe()))
+    run = _Training(config, data, compute, normalization, resume_from)
     t_start = time.perf_counter()
-    elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
+    elapsed_before = float(run.history[-1]["elapsed_s"]) if run.history else 0.0
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - t_start
 
-    for epoch in range(start_epoch, config.epochs):
-        if config.stem_bias_epochs and epoch >= config.stem_bias_epochs:
-            model.freeze_stem()
-        torch.manual_seed(_epoch_seed(config.seed, epoch))
-        gen = torch.Generator(device=device).manual_seed(_epoch_seed(config.seed, epoch))
-        order = torch.randperm(n, device=device, generator=gen)
-        model.train()
-        t_epoch = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        window_loss, window_steps, window_images, t_window = torch.zeros((), device=device), 0, 0, time.perf_counter()
-        for step in range(epoch_steps):
-            if stop.is_set():
-                save(epoch)
-                return FitResult("stopped", f"stopped during epoch {epoch + 1} of {config.epochs}",
-                                 model, epoch, history)
-            global_step = epoch * epoch_steps + step
-            lr = config.lr * lr_factor(config.schedule, global_step, total_steps, warmup_steps,
-                                       config.lr_start_fraction, config.lr_end_fraction)
-            for group, scale in zip(optimizer.param_groups, group_lr_scales(config)):
-                group["lr"] = lr * scale
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x = train_x[idx].float().div_(255)
-            if config.augment:
-                x = augment_batch(x, config.augment, gen, fill=normalization.mean,
-                                  flip_mask=alternating_flip_mask(first_epoch_flips, idx, epoch)
-                                  if "alt_flip" in config.augment else None)
-            if epoch < config.low_res_epochs:
-                x = downscale(x, config.low_res_size)
-            x = normalization.apply(x).contiguous(memory_format=memory_format)
-            y = train_y[idx]
-            detached, logits = train_step(step_model, optimizer, scaler, x, y, config.label_smoothing, device,
-                                          amp_dtype)
-            if lookahead is not None:
-                lookahead.after_step(model, global_step + 1, total_steps)
-
-            loss_sum += detached * len(idx)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(idx)
-            window_loss += detached
-            window_steps += 1
-            window_images += len(idx)
-            if (step + 1) % report_every == 0 or step + 1 == epoch_steps:
-                mean_loss = window_loss.item() / window_steps
-                now = time.perf_counter()
-                emit(StepEvent(run_id, epoch + 1, global_step + 1, total_steps, mean_loss, lr,
-                               window_images / max(now - t_window, 1e-9), elapsed()))
-                if not math.isfinite(mean_loss) or mean_loss > DIVERGENCE_FACTOR * chance_loss:
-                    kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished"
-                    return FitResult(
-                        "diverged",
-                        f"training diverged at step {global_step + 1}: loss {mean_loss:.4g}. The learning "
-                        f"rate {config.lr:g} is probably too high; try 3-10x lower. ({kept})",
-                        model, epoch, history)
-                window_loss, window_steps, window_images, t_window = torch.zeros((), device=device), 0, 0, now
-
-        if lookahead is not None and epoch + 1 == config.epochs:
-            lookahead.finish(model)
-        train_loss = loss_sum.item() / max(seen, 1)
-        val_loss, val_acc = _validate(model, val_x, val_y, normalization, compute)
-        event = EpochEvent(run_id, epoch + 1, train_loss, correct.item() / max(seen, 1), val_loss, val_acc,
-                           time.perf_counter() - t_epoch, elapsed())
-        history.append(dataclasses.asdict(event))
-        emit(event)
-        save(epoch + 1)
+    for epoch in range(run.start_epoch, config.epochs):
+        outcome = run.epoch(epoch, run_id, emit, stop, elapsed)
+        if not isinstance(outcome, EpochEvent):
+            status, message = outcome
+            if status == "stopped":
+                run.save(checkpoint_path, epoch, run_id)
+            return FitResult(status, message, run.model, epoch, run.history)
+        run.history.append(dataclasses.asdict(outcome))
+        emit(outcome)
+        run.save(checkpoint_path, epoch + 1, run_id)
         if on_epoch_end is not None:
             t_callback = time.perf_counter()
-            on_epoch_end(epoch + 1, model)
-            t_start += time.perf_counter() - t_callback  # a benchmark's measuring is not training time
-    return FitResult("finished", f"finished {config.epochs} epochs", model, config.epochs, history)
+            on_epoch_end(epoch + 1, run.model)
+            t_start += time.perf_counter() - t_callback
+    return FitResult("finished", f"finished {config.epochs} epochs", run.model, config.epochs, run.history)
 
 
 def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalization: Normalization,

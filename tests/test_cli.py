@@ -1,6 +1,9 @@
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -8,9 +11,12 @@ from PIL import Image
 from conftest import ROOT
 
 
+ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "CIFARAPP_CACHE_DIR": os.environ["CIFARAPP_CACHE_DIR"]}
+
+
 def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "cifarapp", *args], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+                          env=ENV, timeout=300)
 
 
 def test_train_evaluate_predict(tmp_path):
@@ -30,8 +36,11 @@ def test_train_evaluate_predict(tmp_path):
     assert pr.returncode == 1
     assert pr.stdout.startswith("x.png: ") and "%" in pr.stdout
     assert "bad.png: error: " in pr.stderr
+    status = tmp_path / "runs" / run_id / "status.json"
+    before = (status.read_bytes(), status.stat().st_mtime_ns)
     listing = cli("runs", cwd=tmp_path)
     assert run_id in listing.stdout and "finished" in listing.stdout
+    assert (status.read_bytes(), status.stat().st_mtime_ns) == before, "listing runs wrote to a run"
 
 
 def test_bad_option_gives_a_message_not_a_traceback(tmp_path):
@@ -45,3 +54,24 @@ def test_bad_option_gives_a_message_not_a_traceback(tmp_path):
 def test_help_explains_options(tmp_path):
     out = cli("train", "--help", cwd=tmp_path)
     assert "--label-smoothing" in out.stdout and "peak learning rate" in out.stdout
+
+
+def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "cifarapp", "train", "--data", "synthetic", "--model", "lenet",
+                             "--epochs", "40", "--batch-size", "32", "--val-size", "200"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().split()[1]
+    deadline = time.time() + 120
+    while "Epoch [" not in proc.stdout.readline() and time.time() < deadline:
+        pass
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"cifarapp resume {run_id}" in err and "Traceback" not in err
+    folder = tmp_path / "runs" / run_id
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "stopped" and (folder / "checkpoint.pt").is_file()
+    resumed = cli("resume", run_id, "--data", "synthetic", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Epoch [40/40]" in resumed.stdout
+    assert json.loads((folder / "status.json").read_text())["status"] == "finished"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cifarapp import checkpoints
-from cifarapp.runs import RunManager
+from cifarapp.manager import RunManager
 from conftest import ROOT
 
 

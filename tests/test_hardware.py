@@ -15,21 +15,9 @@ from cifarapp.presets import BUDGET_BASE, PRESETS
 from cifarapp.runs import RunDir, execute_run, new_run_id
 from cifarapp.config import TrainConfig
 from cifarapp.train import StartEvent
+from fakes import FakeMeasurements
 
 CPU = torch.device("cpu")
-
-
-class FakeMeasurements(Measurements):
-    """Images/s from a function instead of timing anything; counts what was asked."""
-
-    def __init__(self, speed):
-        super().__init__()
-        self.speed = speed
-        self.asked = []
-
-    def compare(self, work, candidates, device, rounds=2):
-        self.asked += [(work, p, cl) for p, cl in candidates]
-        return {(p, cl): self.speed(work, p, cl) for p, cl in candidates}
 
 
 def cpu_with(monkeypatch, flags, kernels):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarapp.predict import ImageError, array_to_image, preprocess
+from cifarapp.predict import ImageError, array_to_image, predict_pixels, preprocess
 
 
 def _png(image: Image.Image, **kw) -> bytes:
@@ -82,3 +82,26 @@ def test_bad_bytes_give_a_clear_error(payload):
 def test_bad_array_shape():
     with pytest.raises(ImageError, match="shape"):
         array_to_image(np.zeros((4, 4, 7)))
+
+
+def test_evaluate_and_predict_use_the_model_where_it_was_loaded_and_never_move_it(tmp_path):
+    """One LoadedModel serves Evaluate and Predict at once; neither may move it to another device
+    or memory layout under the other (here the measured layout is contiguous)."""
+    from fakes import FakeMeasurements
+
+    from cifarapp.checkpoints import LoadedModel, read
+    from cifarapp.evaluate import evaluate
+    from cifarapp.weights import default_checkpoint, load_sample
+
+    contiguous_wins = FakeMeasurements(lambda work, precision, channels_last: 100.0 if channels_last else 300.0)
+    loaded = LoadedModel.from_payload(read(default_checkpoint()), "cpu", "fp32", contiguous_wins)
+    assert not loaded.compute.channels_last
+
+    def placement():
+        return {(p.device.type, p.is_contiguous()) for p in loaded.model.parameters() if p.ndim == 4}
+
+    before = placement()
+    images, labels = load_sample()
+    evaluate(loaded, images[:64], labels[:64])
+    predict_pixels(loaded, images[:8].permute(0, 2, 3, 1).numpy())
+    assert placement() == before == {("cpu", True)}

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cifarapp import checkpoints
 from cifarapp.predict import MAX_PIXELS, ImageError, preprocess
-from cifarapp.runs import RunManager
+from cifarapp.manager import RunManager
 from cifarapp.config import ConfigError, TrainConfig
 
 

@@ -1,10 +1,14 @@
 import json
 import time
 
+import torch
+
 import pytest
 
-from cifarapp.runs import BusyError, RunDir, RunError, RunManager
+from cifarapp.manager import BusyError, RunManager, RunRules
+from cifarapp.runs import RunDir, RunError, RunStore
 from cifarapp.config import ConfigError, TrainConfig
+from cifarapp.train import fit
 
 SLOW = dict(model="lenet", epochs=50, batch_size=32, val_size=200)
 QUICK = dict(model="lenet", epochs=2, batch_size=64, val_size=200)
@@ -79,7 +83,7 @@ def test_invalid_config_starts_nothing(small_data, runs_root):
 
 
 def test_abandoned_run_is_stopped(small_data, runs_root):
-    manager = RunManager(runs_root, lambda: small_data, abandon_after_s=0.5)
+    manager = RunManager(runs_root, lambda: small_data, rules=RunRules(abandon_after_s=0.5))
     run_id = manager.start(TrainConfig(**SLOW), owner="a")
     snap = manager.wait(run_id, timeout=60)
     assert snap.status == "stopped" and "nobody watched" in snap.message
@@ -100,15 +104,20 @@ def test_failure_is_recorded_and_frees_the_trainer(small_data, runs_root, monkey
     assert manager.wait(manager.start(TrainConfig(**QUICK), owner="a"), timeout=120).status == "finished"
 
 
-def test_running_status_left_by_a_dead_process_becomes_interrupted(small_data, runs_root):
+def test_running_status_left_by_a_dead_process_reads_as_interrupted_and_reads_never_write(small_data, runs_root):
     manager = RunManager(runs_root, lambda: small_data)
     run_dir = manager.run_dir("20260101-000000-lenet-abcdef")
     run_dir.create(TrainConfig(**QUICK))
     run_dir.write_status(status="running", pid=2**22 + 12345, started=time.time())
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.path.iterdir()}
     assert RunManager(runs_root, lambda: small_data).snapshot(run_dir.run_id).status == "interrupted"
+    [summary] = RunStore(runs_root).list_runs()
+    assert summary.status == "interrupted"
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.path.iterdir()} == before
 
 
-@pytest.mark.parametrize("bad", ["../etc", "..", "a/b", "/abs", "", ".hidden", "a\\..\\b", "x" * 200])
+@pytest.mark.parametrize("bad", ["../etc", "..", "a/b", "/abs", "", ".hidden", "a\\..\\b", "x" * 200, "run1\n",
+                                 "run1\n../x", "ok\x00"])
 def test_run_ids_cannot_escape_the_runs_folder(runs_root, bad):
     with pytest.raises(RunError):
         RunDir(runs_root, bad)
@@ -128,7 +137,7 @@ def test_two_simultaneous_starts_start_exactly_one_run(small_data, runs_root):
     import threading
 
     manager = RunManager(runs_root, lambda: small_data)
-    manager.data()
+    manager.data.get()
     barrier = threading.Barrier(2)
     outcomes = []
 
@@ -150,3 +159,37 @@ def test_two_simultaneous_starts_start_exactly_one_run(small_data, runs_root):
     owner, run_id = started[0]
     assert manager.stop(run_id, owner)
     manager.wait(run_id, timeout=60)
+
+
+def test_two_runs_at_once_give_the_numbers_of_one_run_alone(small_data, runs_root):
+    """Each run draws from its own generators (order, augmentation, dropout), so runs in
+    parallel threads cannot disturb each other's random numbers."""
+    config = TrainConfig(model="cnn6", epochs=2, batch_size=64, train_size=384, val_size=200, precision="fp32",
+                         augment=("crop", "flip"))
+    alone = fit(config, small_data)
+    manager = RunManager(runs_root, lambda: small_data, max_active=2)
+    ids = [manager.start(config, owner=owner) for owner in ("a", "b")]
+    together = [manager.wait(run_id, timeout=300) for run_id in ids]
+    expected = [(e["train_loss"], e["val_acc"]) for e in alone.history]
+    for snap in together:
+        assert snap.status == "finished"
+        assert [(e["train_loss"], e["val_acc"]) for e in snap.epochs] == expected
+    weights = [torch.load(runs_root / run_id / "checkpoint.pt", weights_only=True)["state_dict"] for run_id in ids]
+    for key, value in alone.model.state_dict().items():
+        assert torch.equal(weights[0][key], value.cpu()) and torch.equal(weights[1][key], value.cpu()), key
+
+
+def test_a_failed_runs_traceback_is_in_its_log_and_the_server_log(small_data, runs_root, monkeypatch, caplog):
+    import cifarapp.train as train
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the training step")
+
+    monkeypatch.setattr(train, "train_step", broken)
+    manager = RunManager(runs_root, lambda: small_data)
+    with caplog.at_level("ERROR", logger="cifarapp.runs"):
+        snap = manager.wait(manager.start(TrainConfig(**QUICK), owner="a"), timeout=60)
+    assert snap.status == "failed" and "ZeroDivisionError" in snap.message
+    text = (runs_root / snap.run_id / "log.txt").read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text
+    assert any(record.exc_info and "a bug in the training step" in str(record.exc_info[1]) for record in caplog.records)

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 import threading
 
 import numpy as np
@@ -227,3 +228,15 @@ def test_batch_larger_than_data_is_refused(small_data):
 def test_config_round_trips_through_a_dict():
     cfg = TrainConfig(model="fastnet", width=0.5, augment=("crop", "flip"), train_size=1000)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_fp16_with_loss_scaling_learns_and_resumes_on_the_cpu(small_data, tmp_path):
+    """The GPU's fp16 path (autocast + GradScaler), run on the CPU, where torch supports both."""
+    ckpt = tmp_path / "fp16.pt"
+    config = TrainConfig(**{**QUICK, "epochs": 2, "precision": "fp16"})
+    result = fit(config, small_data, checkpoint_path=ckpt)
+    assert result.status == "finished" and result.history[-1]["val_acc"] > 0.3  # chance is 0.1
+    saved = checkpoints.read(ckpt)
+    assert saved["scaler"].get("scale", 0) > 0, "the loss scaler was enabled and saved"
+    resumed = fit(replace(config, epochs=3), small_data, resume_from=saved)
+    assert resumed.status == "finished" and len(resumed.history) == 3

@@ -15,6 +15,8 @@ from PIL import Image
 from ..runs import RunSnapshot
 
 MAX_STEP_POINTS = 1500
+# the loss plot waits for a few points: one point alone gets an axis with ticks like 0.017045
+MIN_STEP_POINTS = 3
 
 
 def _steps_per_epoch(snap: RunSnapshot) -> float:
@@ -31,7 +33,7 @@ def loss_frame(snap: RunSnapshot) -> pd.DataFrame | None:
     """Long-format frame (epoch, loss, series): per-step raw and smoothed train loss, per-epoch
     train and val loss, all on one axis in epochs."""
     rows = []
-    if snap.steps:
+    if len(snap.steps) >= MIN_STEP_POINTS or snap.epochs:
         per_epoch = _steps_per_epoch(snap)
         steps = pd.DataFrame(snap.steps)
         steps = steps[np.isfinite(steps["loss"])]

@@ -12,7 +12,7 @@ from ..catalog import ModelCatalog
 from ..data import DataSource, DataUnavailableError
 from ..hardware import Measurements, detect, resolve_device
 from ..limits import Limits
-from ..runs import RunManager
+from ..manager import RunManager, RunRules
 from ..weights import load_sample
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets"
@@ -40,16 +40,16 @@ class AppContext:
 
     @classmethod
     def create(cls, runs_root: str | Path = "runs", data_source: DataSource = DataSource(),
-               max_active: int = 1, abandon_after_s: float | None = 600.0, max_run_s: float | None = None,
+               max_active: int = 1, rules: RunRules = RunRules(),
                limits: Limits | None = None, cache_max_age_s: int = 3600) -> "AppContext":
-        manager = RunManager(runs_root, data_source.load, max_active=max_active, abandon_after_s=abandon_after_s,
-                             max_run_s=max_run_s, measurements=Measurements())
+        manager = RunManager(runs_root, data_source.load, max_active=max_active, rules=rules,
+                             measurements=Measurements())
         return cls(manager, ModelCatalog(manager), data_source, limits or Limits.create(None, None, None),
                    cache_max_age_s)
 
     def train_image_count(self) -> int:
         """Training images of the data set: counted once it is loaded, else its known size."""
-        data = self.manager.loaded_data()
+        data = self.manager.data.loaded()
         return len(data.train_images) if data is not None else self.data_source.expected_train_images()
 
     def eval_set(self) -> EvalSet:
@@ -61,7 +61,7 @@ class AppContext:
 
     def _find_eval_set(self) -> EvalSet:
         try:
-            data = self.manager.data() if self.data_source.is_synthetic else self.data_source.load(download=False)
+            data = self.manager.data.get() if self.data_source.is_synthetic else self.data_source.load(download=False)
             return EvalSet(data.test_images, data.test_labels,
                            f"the full test set ({len(data.test_labels):,} images from {data.source})", full=True)
         except DataUnavailableError:

@@ -85,14 +85,18 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     batch = gr.Dataframe(headers=["file", "top class", "probability", "runner-up"], label="Several files",
                          visible=True)
 
-    one = guarded(lambda key, path: predict_one(ctx, key, path))
+    @guarded
+    def one(key, path, progress=gr.Progress()):
+        progress(0, desc="Predicting")  # the first use of a model also measures how it runs fastest here
+        return predict_one(ctx, key, path)
 
     @guarded
-    def many(key, paths, request: gr.Request):
+    def many(key, paths, request: gr.Request, progress=gr.Progress()):
+        progress(0, desc="Predicting")
         return predict_files(ctx, key, paths, request)
 
     image.change(one, [model, image], [label, seen, message], api_name="predict", concurrency_limit=4,
-                 concurrency_id="predict")
+                 concurrency_id="predict", show_progress="full")
     top_k.change(guarded(lambda k: gr.Label(num_top_classes=int(k))), top_k, label, queue=False, api_name=False)
     files.upload(many, [model, files], [batch, message], api_name="predict_files", concurrency_limit=4,
                  concurrency_id="predict")

@@ -24,7 +24,8 @@ from ..estimate import BUDGETS, expected_duration, format_duration, plan_for_bud
 from ..limits import RateLimited
 from ..models import MODELS, registered_parameter_count
 from ..presets import BUDGET_BASE, PRESETS
-from ..runs import BusyError, RunError, RunSnapshot
+from ..manager import BusyError
+from ..runs import RunError, RunSnapshot
 from . import charts
 from .context import AppContext, hardware_summary
 from .guard import guarded, plain_error, short, text_value
@@ -110,15 +111,15 @@ def model_info(name) -> str:
 
 def rules_markdown(ctx: AppContext) -> str:
     """The app's rules for runs, as the Train tab states them."""
-    manager = ctx.manager
+    manager, limits = ctx.manager, ctx.manager.rules
     rules = [f"At most {manager.max_active} run(s) train at once."]
-    if manager.abandon_after_s is None:
+    if limits.abandon_after_s is None:
         rules.append("A run goes on when you close this tab; come back to it with the same browser.")
     else:
-        rules.append(f"A run whose page has been closed for {format_duration(manager.abandon_after_s)} is stopped; "
+        rules.append(f"A run whose page has been closed for {format_duration(limits.abandon_after_s)} is stopped; "
                      "its checkpoint is kept.")
-    if manager.max_run_s is not None:
-        rules.append(f"Runs stop after {format_duration(manager.max_run_s)} of training (resumable).")
+    if limits.max_run_s is not None:
+        rules.append(f"Runs stop after {format_duration(limits.max_run_s)} of training (resumable).")
     return " ".join(rules)
 
 
@@ -134,7 +135,7 @@ def estimate_markdown(ctx: AppContext, values: dict) -> str:
         estimate = expected_duration(config, ctx.train_image_count(), measurements=ctx.manager.measurements)
     except (ValueError, RuntimeError) as exc:  # e.g. a device that is not here
         return f"⏱️ Expected duration: this configuration cannot be measured here: {short(str(exc), 200)}"
-    limit = ctx.manager.max_run_s
+    limit = ctx.manager.rules.max_run_s
     over = (f" This app stops runs after {format_duration(limit)}." if limit is not None and estimate.seconds > limit
             else "")
     return (f"⏱️ **Expected duration: {estimate.describe()}.** The first steps of the run refine it.{over}\n\n"
@@ -356,9 +357,9 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
     with gr.Row():
         # Created empty: a LinePlot whose first value is an empty frame never draws its lines (Gradio 6.31).
         loss_plot = gr.LinePlot(x="epoch", y="loss", color="series", label="Loss", x_title="epoch",
-                                y_axis_format=".2f", elem_id="loss-plot")
+                                x_axis_format=".2~f", y_axis_format=".2f", elem_id="loss-plot")
         acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="series", label="Accuracy", x_title="epoch",
-                               y_lim=[0, 1], y_axis_format=".0%", elem_id="acc-plot")
+                               x_axis_format=".2~f", y_lim=[0, 1], y_axis_format=".0%", elem_id="acc-plot")
     log = gr.Textbox(label="Epoch log (the report's format)", lines=6, max_lines=20, autoscroll=True)
     run_id = gr.State(None)
     seen = gr.State(None)
