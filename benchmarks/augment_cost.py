@@ -10,17 +10,13 @@ recipe) and for all five augmentations.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from cifarapp.data import AUGMENTATIONS, Normalization, augment_batch  # noqa: E402
-from cifarapp.models import build_model  # noqa: E402
+from cifarapp.data import AUGMENTATIONS, Normalization, augment_batch
+from cifarapp.models import build_model
 
 
 def timed(fn, repeats: int = 10) -> float:

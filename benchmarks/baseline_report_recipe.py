@@ -11,22 +11,18 @@ extrapolates to one epoch of 45,000 images and to the report's 14 epochs (which 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from torchvision import transforms  # noqa: E402
-
-from cifarapp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10  # noqa: E402
-from cifarapp.hardware import machine_header  # noqa: E402
-from cifarapp.models import build_model  # noqa: E402
+from cifarapp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
+from cifarapp.hardware import machine_header
+from cifarapp.models import build_model
 
 REPORT_EPOCHS = 14
 

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from cifarapp.hardware import machine_header  # noqa: E402
-from cifarapp.models import build_model  # noqa: E402
-from cifarapp.presets import PRESETS  # noqa: E402
-from cifarapp.train import make_optimizer, train_step, training_compute  # noqa: E402
+from cifarapp.hardware import machine_header
+from cifarapp.models import build_model
+from cifarapp.presets import PRESETS
+from cifarapp.train import make_optimizer, train_step, training_compute
 
 
 def measure(compiled: bool, width: float, batch_size: int, steps: int) -> tuple[float, float]:

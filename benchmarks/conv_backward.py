@@ -12,16 +12,12 @@ backward could compute it. Random data: the kernels do not care.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from cifarapp.models import FastNet  # noqa: E402
+from cifarapp.models import FastNet
 
 
 def conv_shapes(width: float) -> list[tuple[int, int, int]]:

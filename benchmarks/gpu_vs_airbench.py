@@ -1,7 +1,7 @@
 """On a CUDA GPU: the fast recipe against airbench94 itself, same data, same GPU, one run.
 
     pip install airbench==0.1.8   # MIT licence; CUDA only
-    python benchmarks/gpu_vs_airbench.py [--data ../shared/data/cifar10.npz] [--runs 3]
+    python benchmarks/gpu_vs_airbench.py --data PATH [--runs 3]
 
 airbench reads `cifar10/train.pt` and `cifar10/test.pt` from the working directory (and would
 download CIFAR-10 without them), so this script first writes them from the project's npz. It
@@ -19,21 +19,18 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cifarapp.data import Normalization, load_cifar10  # noqa: E402
-from cifarapp.hardware import machine_header  # noqa: E402
-from cifarapp.inference import batched_logits  # noqa: E402
-from cifarapp.presets import PRESETS  # noqa: E402
-from cifarapp.config import TrainConfig  # noqa: E402
-from cifarapp.train import fit, training_compute  # noqa: E402
+from cifarapp.config import TrainConfig
+from cifarapp.data import Normalization, load_cifar10
+from cifarapp.hardware import machine_header
+from cifarapp.inference import batched_logits
+from cifarapp.presets import PRESETS
+from cifarapp.train import fit, training_compute
 
 # the fast_long recipe at airbench94's width, batch and epochs (lr per image unchanged)
 OURS = TrainConfig.from_dict({**PRESETS["fast_long"].config.to_dict(), "width": 1.0, "lr": 1.5, "batch_size": 1024,
@@ -83,7 +80,7 @@ def time_ours(config: TrainConfig, data) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/cifar10.npz")
+    parser.add_argument("--data", required=True, help="CIFAR-10 .npz or torchvision folder")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()

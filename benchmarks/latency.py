@@ -25,17 +25,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from cifarapp.checkpoints import load_model  # noqa: E402
-from cifarapp.data import load_cifar10  # noqa: E402
-from cifarapp.evaluate import evaluate  # noqa: E402
-from cifarapp.hardware import Measurements, machine_header  # noqa: E402
-from cifarapp.predict import predict  # noqa: E402
-from cifarapp.weights import default_checkpoint  # noqa: E402
+from cifarapp.checkpoints import load_model
+from cifarapp.data import load_cifar10
+from cifarapp.evaluate import evaluate
+from cifarapp.hardware import Measurements, machine_header
+from cifarapp.predict import predict
+from cifarapp.weights import default_checkpoint
 
 
 def photo_bytes() -> bytes:

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from cifarapp.data import Normalization, augment_batch  # noqa: E402
-from cifarapp.hardware import machine_header  # noqa: E402
-from cifarapp.models import build_model  # noqa: E402
-from cifarapp.presets import PRESETS  # noqa: E402
-from cifarapp.train import make_optimizer, train_step, training_compute  # noqa: E402
+from cifarapp.data import Normalization, augment_batch
+from cifarapp.hardware import machine_header
+from cifarapp.models import build_model
+from cifarapp.presets import PRESETS
+from cifarapp.train import make_optimizer, train_step, training_compute
 
 
 def main() -> None:

@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from cifarapp import hardware  # noqa: E402
-from cifarapp.hardware import Measurements, Workload, choose, detect, machine_header, measure  # noqa: E402
-from cifarapp.models import MODELS  # noqa: E402
+from cifarapp import hardware
+from cifarapp.hardware import Measurements, Workload, choose, detect, machine_header, measure
+from cifarapp.models import MODELS
 
 CPU = torch.device("cpu")
 
 
-def settings() -> list[tuple[str, bool]]:
-    precisions = ["fp32", "bf16"] if detect(CPU).bf16_kernels else ["fp32"]
-    return [(p, cl) for p in precisions for cl in (True, False)]
-
-
-def row(work: Workload, rounds: int) -> str:
+def row(work: Workload, rounds: int, settings: list[tuple[str, bool]]) -> str:
     with tempfile.TemporaryDirectory() as fresh:
         auto = choose(work, CPU, "auto", Measurements(Path(fresh)))
-    timings: dict[tuple[str, bool], list[float]] = {s: [] for s in settings()}
+    timings: dict[tuple[str, bool], list[float]] = {s: [] for s in settings}
     for _ in range(rounds):
         for setting in timings:
             timings[setting].append(measure(work, *setting, CPU)[0])
@@ -62,17 +54,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5, help="time each setting at least this long per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--precisions", nargs="*", choices=["fp32", "bf16"],
+                        help="explicit precisions to time (default: fp32, and bf16 where oneDNN has bf16 kernels; "
+                             "name bf16 to time it where oneDNN emulates it)")
     args = parser.parse_args()
     hardware.MIN_PROBE_S = args.seconds
     hardware.MAX_PROBE_STEPS = 10_000
     print(machine_header(), flush=True)
-    names = " | ".join(f"{p} {'cl' if cl else 'nchw'}" for p, cl in settings())
+    precisions = args.precisions or (["fp32", "bf16"] if detect(CPU).bf16_kernels else ["fp32"])
+    settings = [(p, cl) for p in precisions for cl in (True, False)]
+    names = " | ".join(f"{p} {'cl' if cl else 'nchw'}" for p, cl in settings)
     print(f"| model | workload | {names} | best bf16 / best fp32 | auto picks | auto / fastest |")
-    print("| --- | --- |" + " ---: |" * (len(settings()) + 1) + " --- | ---: |", flush=True)
+    print("| --- | --- |" + " ---: |" * (len(settings) + 1) + " --- | ---: |", flush=True)
     for name in args.models:
         for train, batch in ((True, args.train_batch), (False, args.infer_batch)):
             width = (0.5 if train else 1.0) if name == "fastnet" else 1.0
-            print(row(Workload(name, width, batch_size=batch, train=train), args.rounds), flush=True)
+            print(row(Workload(name, width, batch_size=batch, train=train), args.rounds, settings), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,17 @@ accuracy. A budget is met when the actual duration lands within 20% of it.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cifarapp import checkpoints  # noqa: E402
-from cifarapp.data import load_cifar10  # noqa: E402
-from cifarapp.estimate import expected_duration, format_duration, plan_for_budget  # noqa: E402
-from cifarapp.evaluate import evaluate  # noqa: E402
-from cifarapp.hardware import Measurements, machine_header  # noqa: E402
-from cifarapp.presets import BUDGET_BASE, PRESETS  # noqa: E402
-from cifarapp.runs import RunDir, execute_run, new_run_id  # noqa: E402
+from cifarapp import checkpoints
+from cifarapp.data import load_cifar10
+from cifarapp.estimate import expected_duration, format_duration, plan_for_budget
+from cifarapp.evaluate import evaluate
+from cifarapp.hardware import Measurements, machine_header
+from cifarapp.presets import BUDGET_BASE, PRESETS
+from cifarapp.runs import RunDir, execute_run, new_run_id
 
 
 def main() -> None:

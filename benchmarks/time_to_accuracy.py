@@ -22,17 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from baseline_report_recipe import REPORT_EPOCHS, report_recipe_step_seconds
 
-from baseline_report_recipe import REPORT_EPOCHS, report_recipe_step_seconds  # noqa: E402
-
-from cifarapp.__main__ import build_parser, config_from_args  # noqa: E402
-from cifarapp.data import Normalization, load_cifar10  # noqa: E402
-from cifarapp.hardware import machine_header  # noqa: E402
-from cifarapp.inference import TTA_MODES, batched_logits  # noqa: E402
-from cifarapp.runs import RunDir, execute_run, new_run_id  # noqa: E402
-from cifarapp.config import TrainConfig  # noqa: E402
-from cifarapp.train import training_compute  # noqa: E402
+from cifarapp.__main__ import build_parser, config_from_args
+from cifarapp.config import TrainConfig
+from cifarapp.data import Normalization, load_cifar10
+from cifarapp.hardware import machine_header
+from cifarapp.inference import TTA_MODES, batched_logits
+from cifarapp.runs import RunDir, execute_run, new_run_id
+from cifarapp.train import training_compute
 
 TARGETS = (0.785, 0.85, 0.90, 0.92)
 

@@ -54,17 +54,17 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "Report: train_loss exploded to 211266 and accuracy collapsed to 10% (chance).",
            TrainConfig(model="lenet", **{**_REPORT, "lr": 0.1})),
     Preset("fast", "fastnet width 0.5, fast recipe: 2 epochs",
-           "Not in the report. 81.1% test accuracy (81.9% with flip + translate TTA) after 2 epochs on all "
-           "50,000 training images, one run; the report's best net needs 14 epochs for 78%.",
+           "Not in the report. 80.5 ± 0.4% test accuracy (81.6 ± 0.2% with flip + translate TTA) when trained "
+           "on all 50,000 training images, 3 seeds; the report's best net needs 14 epochs for 78%.",
            TrainConfig(**{**_FAST, "epochs": 2, "batch_size": 256, "lr": 0.375, "warmup_epochs": 0.4,
                             "stem_bias_epochs": 1})),
     Preset("fast_medium", "fastnet width 0.5, fast recipe: 5 epochs, the first 3 on 24x24 images",
-           "Not in the report. 85.4% test accuracy (86.0% with flip + translate TTA) after 5 epochs on all "
-           "50,000 training images, one run; 85.7% with every epoch at full size, which takes longer.",
+           "Not in the report. 84.7 ± 0.2% test accuracy (85.8 ± 0.2% with flip + translate TTA) when trained "
+           "on all 50,000 training images, 3 seeds.",
            TrainConfig(**{**_FAST, "low_res_epochs": 3})),
     Preset("fast_long", "fastnet width 0.75, fast recipe: 12 epochs",
-           "Not in the report. 89.4% test accuracy (90.4% with flip + translate TTA) after 12 epochs on all "
-           "50,000 training images, one run.",
+           "Not in the report. 89.4% test accuracy (90.4% with flip + translate TTA) when trained on all "
+           "50,000 training images, one run (weights/fastnet_w075.pt).",
            TrainConfig(**{**_FAST, "width": 0.75, "epochs": 12, "warmup_epochs": 2.4})),
 ]}
 # the recipe that time budgets (Train tab, `train --budget`) scale to the machine

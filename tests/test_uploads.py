@@ -21,9 +21,9 @@ def test_oversized_upload_is_refused_and_cached_files_are_deleted(tmp_path):
         cache = tmp_path / "gradio"
         at_start = cached_files(cache)  # the Predict tab's example images, copied in at start-up
         upload_url = app.url + "gradio_api/upload"
-        big = httpx.post(upload_url, files={"files": ("big.png", b"\0" * (21 * 1024 * 1024), "image/png")},
+        big = httpx.post(upload_url, files={"files": ("big.png", b"\0" * (201 * 1024 * 1024), "image/png")},
                          timeout=60)
-        assert big.status_code == 413, big.text  # over the 20 MB max_file_size
+        assert big.status_code == 413, big.text  # over the 200 MB max_file_size
         small = httpx.post(upload_url, files={"files": ("ok.png", b"\0" * 1024, "image/png")}, timeout=60)
         assert small.status_code == 200, small.text
 

@@ -1,0 +1,100 @@
+"""The README's screenshots, from a real run: the app on real CIFAR-10, the `fast` preset trained
+in the Train tab, that run evaluated on the test set, a photo in Predict, and the Runs tab.
+
+    python docs/screenshots.py --data PATH [--out assets]
+
+Needs Debian's chromium and Playwright (requirements-dev.txt). Takes as long as the `fast`
+preset takes on this machine, plus a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="CIFAR-10 .npz or torchvision folder")
+    parser.add_argument("--out", default=str(ROOT / "assets"))
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    out = Path(args.out)
+    port = free_port()
+    runs = tempfile.mkdtemp(prefix="screenshot-runs-")
+    app = subprocess.Popen([sys.executable, "app.py", "--data", args.data, "--runs-dir", runs, "--host", "127.0.0.1",
+                            "--port", str(port)], cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(600_000)
+            page.goto(url)
+            page.locator("#train-estimate").get_by_text("Expected duration").wait_for()
+            page.get_by_label("Preset").click()
+            page.get_by_role("option", name=re.compile("fast recipe: 2 epochs")).click()
+            page.wait_for_function("document.querySelector('#preset-note')?.innerText.includes('3 seeds')")
+            page.get_by_role("button", name="Start training").click()
+            page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('finished')")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "screenshot_train.png"), full_page=False)
+            run_id = re.search(r"run (\S+) ·", page.locator("#train-status").inner_text()).group(1).strip("`")
+
+            page.get_by_role("tab", name="Evaluate").click()
+            page.locator("#eval-model input").click()
+            page.get_by_role("option", name=re.compile(run_id)).click()
+            page.get_by_role("button", name="Evaluate").click()
+            page.wait_for_function("document.querySelector('#eval-summary')?.innerText.includes('Accuracy')")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "screenshot_evaluate.png"), full_page=True)
+
+            page.get_by_role("tab", name="Predict").click()
+            page.locator("#predict-model input").click()
+            page.get_by_role("option", name=re.compile(run_id)).click()
+            page.locator("#predict-image input[type=file]").set_input_files(str(ROOT / "assets/examples/photo_cat.jpg"))
+            page.wait_for_function(
+                "(() => { const l = document.querySelector('#predict-label'); return l && /\\d+%/.test(l.innerText); })()")
+            page.locator("#predict-seen img").wait_for()
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(out / "screenshot_predict.png"), full_page=False)
+
+            page.get_by_role("tab", name="Runs").click()
+            page.wait_for_function(f"document.querySelector('#runs-table')?.innerText.includes('{run_id}')")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "screenshot_runs.png"), full_page=False)
+            browser.close()
+        print(f"screenshots of run {run_id} written to {out}")
+    finally:
+        app.terminate()
+        app.wait(30)
+
+
+if __name__ == "__main__":
+    main()
