@@ -18,7 +18,7 @@ import os
 # during training on 2 cores); passive waiting must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cifarapp.data import DataSource  # noqa: E402
+from cifarapp.sources import DataSource, add_data_options  # noqa: E402
 from cifarapp.limits import Limits  # noqa: E402
 from cifarapp.manager import RunRules  # noqa: E402
 from cifarapp.ui import AppContext, build_app, launch  # noqa: E402
@@ -29,11 +29,7 @@ ON_SPACE = bool(os.environ.get("SPACE_ID"))
 def parse_args(argv=None) -> argparse.Namespace:
     shared = " (default: %(default)s; on a Space this is a shared app's default, elsewhere none)"
     parser = argparse.ArgumentParser(description="cifarapp web app")
-    parser.add_argument("--data", default=None,
-                        help="CIFAR-10 .npz or torchvision folder, or 'synthetic' (default: CIFARAPP_DATA, "
-                             "else the cache in --data-dir, else download on the first Start)")
-    parser.add_argument("--data-dir", default="data", help="where the download and its cache live")
-    parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    add_data_options(parser)
     parser.add_argument("--runs-dir", default="runs", help="where run folders are written")
     parser.add_argument("--max-trainers", type=int, default=int(os.environ.get("CIFARAPP_MAX_TRAINERS", 1)),
                         help="runs that may train at once in this process")
@@ -58,7 +54,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits.create(args.max_runs_per_hour, args.max_uploads_per_minute, args.max_polls_per_second)
-    ctx = AppContext.create(args.runs_dir, DataSource(args.data, args.data_dir, not args.no_download),
+    ctx = AppContext.create(args.runs_dir, DataSource.from_args(args),
                             max_active=args.max_trainers,
                             rules=RunRules(args.abandon_after, args.max_run_minutes * 60 if args.max_run_minutes else None),
                             limits=limits, cache_max_age_s=args.cache_max_age)

@@ -13,29 +13,27 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoints
-from .data import DATA_ENV_VAR, DataSource, DataUnavailableError
-from .estimate import BUDGETS, expected_duration, format_duration, plan_for_budget, remaining_seconds
+from .data import DataUnavailableError
+from .imagesets import ImageSetError, load_image_set
+from .library import ImageSetLibrary
+from .sources import DataSource, add_data_options, add_image_set_options
+from .estimate import BUDGETS, duration_on, format_duration, plan_for_budget, remaining_seconds
 from .evaluate import evaluate
 from .files import atomic_write_text
 from .hardware import Measurements
 from .inference import TTA_MODES
-from .predict import ImageError, predict, top_k
+from .images import ImageError
+from .predict import predict, top_k
 from .presets import BUDGET_BASE, PRESETS
-from .runs import RunDir, RunError, RunStore, execute_run, new_run_id
+from .runs import RunDir, RunError, RunStore, execute_run, new_run_id, starting_checkpoint
 from .config import ConfigError, TrainConfig, cli_command, settings
-from .train import EndEvent, EpochEvent, StartEvent, StepEvent
+from .train import EndEvent, EpochEvent, StartEvent, StepEvent, TrainingError, check_fit
 from .weights import default_checkpoint, export_shipped
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help=f"CIFAR-10 .npz or torchvision folder (or set {DATA_ENV_VAR}); "
-                                       "'synthetic' for a tiny generated set. Default: download into --data-dir")
-    parser.add_argument("--data-dir", default="data", help="where the download and its cache live (default ./data)")
-    parser.add_argument("--no-download", action="store_true", help="never download; fail if no data is found")
-
-
-def data_source(args) -> DataSource:
-    """The data source that --data, --data-dir and --no-download name."""
-    return DataSource(args.data, args.data_dir, not args.no_download)
+def print_progress(done: int, total: int, what: str = "preparing images") -> None:
+    """A one-line progress counter on stderr."""
+    sys.stderr.write(f"\r{what} {done:,}/{total:,}" + ("\n" if done == total else ""))
+    sys.stderr.flush()
 
 
 
@@ -47,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setup (options override it)")
     defaults = TrainConfig()
     for f, spec in settings():
+        if not spec.cli:
+            continue
         flag = "--" + f.name.replace("_", "-")
         text = spec.help + (f"; one of {', '.join(spec.choices)}" if spec.choices else "")
         if spec.low is not None or spec.high is not None:
@@ -61,24 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "picks fastnet's width, epochs and low-res epochs; other options still override "
                             f"(the app offers {', '.join(str(s) for s in BUDGETS.values())})")
     train.add_argument("--runs-dir", default="runs", help="where run folders are written")
-    _add_data_options(train)
+    add_data_options(train)
 
     resume = sub.add_parser("resume", help="continue a stopped or interrupted run from its checkpoint")
     resume.add_argument("run_id")
     resume.add_argument("--runs-dir", default="runs")
-    _add_data_options(resume)
+    add_data_options(resume)
 
     ev = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix on the test set")
-    ev.add_argument("model", nargs="?", help="checkpoint file or run id (default: the best shipped weights)")
+    ev.add_argument("model", nargs="?", help="checkpoint file, shipped model name or run id (default: the best "
+                                             "shipped weights)")
     ev.add_argument("--tta", choices=list(TTA_MODES), default="none",
                     help="test-time augmentation: " + "; ".join(f"{k}: {v}" for k, v in TTA_MODES.items()))
     ev.add_argument("--runs-dir", default="runs")
     ev.add_argument("--json", help="also write the result to this JSON file")
-    _add_data_options(ev)
+    add_data_options(ev)
 
     pr = sub.add_parser("predict", help="class probabilities for image files")
     pr.add_argument("images", nargs="+", help="image files (any size or mode)")
-    pr.add_argument("--model", help="checkpoint file or run id (default: the best shipped weights)")
+    pr.add_argument("--model", help="checkpoint file, shipped model name or run id (default: the best shipped "
+                                    "weights)")
     pr.add_argument("--top", type=int, default=3, help="how many classes to show per image")
     pr.add_argument("--runs-dir", default="runs")
 
@@ -86,10 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_id")
     ex.add_argument("--name", required=True, help="file name in weights/ (without .pt)")
     ex.add_argument("--runs-dir", default="runs")
-    _add_data_options(ex)
+    add_data_options(ex)
 
     ls = sub.add_parser("runs", help="list past runs")
     ls.add_argument("--runs-dir", default="runs")
+
+    data = sub.add_parser("data", help="look at an image set before training on it")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="classes, counts per split, image sizes and problems found")
+    inspect.add_argument("path", help="a folder of class folders or a .zip of one")
+    add_image_set_options(inspect)
     return parser
 
 
@@ -100,7 +108,7 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
         values.update(json.loads(Path(args.config).read_text()))
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     for name, kind in types.items():
-        raw = getattr(args, name)
+        raw = getattr(args, name, None)
         if raw is None:
             continue
         values[name] = raw if kind in ("bool", "str") or name == "augment" else _number(name, raw)
@@ -153,16 +161,22 @@ def _resolve_model_path(spec: str | None, runs_dir: str) -> Path:
     if path.is_file():
         return path
     try:
-        return RunDir(runs_dir, spec).checkpoint
-    except RunError:
-        raise checkpoints.CheckpointError(f"{spec} is neither a checkpoint file nor a run id") from None
+        return starting_checkpoint(spec, runs_dir)
+    except RunError as exc:
+        raise checkpoints.CheckpointError(f"{spec} is not a checkpoint file; {exc}") from None
 
 
 EXIT_INTERRUPTED = 130  # the shell's convention for a program ended by Ctrl-C (SIGINT)
 
 
 def _train(args, config: TrainConfig, run_dir: RunDir, resume: bool) -> int:
-    data = data_source(args).load()
+    if config.dataset:  # a run started in the app on an image set it keeps
+        library = ImageSetLibrary(args.datasets_dir, args.image_size, args.val_fraction)
+        data = library.load(config.dataset, None, progress=print_progress).data
+    else:
+        data = DataSource.from_args(args).load(progress=print_progress)
+    for warning in data.warnings:
+        print(f"data: {warning}", file=sys.stderr, flush=True)
     measurements = Measurements()
     if getattr(args, "budget", None):
         plan = plan_for_budget(args.budget, PRESETS[BUDGET_BASE].config, len(data.train_images), len(data.classes),
@@ -170,11 +184,13 @@ def _train(args, config: TrainConfig, run_dir: RunDir, resume: bool) -> int:
         print(f"budget plan: {plan.describe()}", flush=True)
         config = config_from_args(args, base=plan.config).validate()
         run_dir = RunDir(args.runs_dir, new_run_id(config.model))
-    config.validate(len(data.train_images))
+    config = check_fit(config, data)
     if not resume:
         run_dir.create(config)
     print(f"run {run_dir.run_id} in {run_dir.path} on {data.source}", flush=True)
-    estimate = expected_duration(config, len(data.train_images), len(data.classes), measurements)
+    if data.note:
+        print(f"note: {data.note}", flush=True)
+    estimate = duration_on(config, data, measurements)
     print(f"expected duration: {estimate.describe()}", flush=True)
     # training runs in a worker thread so that Ctrl-C (which Python delivers to the main thread)
     # can ask it to stop at the next step, write its checkpoint and end the run as stopped. The
@@ -223,8 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "data":
+            image_set = load_image_set(args.path, args.datasets_dir, args.image_size, args.val_fraction,
+                                       progress=print_progress)
+            print(image_set.report())
+            return 0
         return _list_runs(args)
-    except (ConfigError, DataUnavailableError, checkpoints.CheckpointError, RunError, ImageError, OSError) as exc:
+    except (ConfigError, DataUnavailableError, checkpoints.CheckpointError, RunError, ImageError, ImageSetError,
+            TrainingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -232,21 +254,31 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args) -> int:
     path = _resolve_model_path(args.model, args.runs_dir)
     loaded = checkpoints.load_model(path)
-    data = data_source(args).load()
+    data = DataSource.from_args(args).load(progress=print_progress)
+    if tuple(data.classes) != loaded.classes or data.image_size != loaded.image_size:
+        raise checkpoints.CheckpointError(
+            f"the model knows {len(loaded.classes)} classes of {loaded.dataset_name} ({', '.join(loaded.classes[:5])}"
+            f"{', ...' if len(loaded.classes) > 5 else ''}) at {loaded.image_size}x{loaded.image_size}; the data "
+            f"has {len(data.classes)} classes at {data.image_size}x{data.image_size}. Pass --data with the image "
+            "set it was trained on")
     t0 = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
         sys.stderr.write(f"\revaluating {done}/{total}")
         sys.stderr.flush()
 
+    print(f"compute: {loaded.compute.describe()}", file=sys.stderr, flush=True)
     result = evaluate(loaded, data.test_images, data.test_labels, tta=args.tta, progress=progress)
     sys.stderr.write("\n")
-    print(f"{path} on {data.source} test set ({time.perf_counter() - t0:.1f}s)")
+    print(f"{path.name if args.model is None else args.model} on {data.source} {data.test_name} "
+          f"({time.perf_counter() - t0:.1f}s)")
+    if data.note:
+        print(f"note: {data.note}")
     print(result.summary())
     print(result.confusion_text())
     if args.json:
         atomic_write_text(args.json, json.dumps({
-            "checkpoint": str(path), "accuracy": result.accuracy, "loss": result.loss, "tta": args.tta,
+            "model": args.model or path.name, "accuracy": result.accuracy, "loss": result.loss, "tta": args.tta,
             "per_class_accuracy": dict(zip(result.classes, np.round(result.per_class_accuracy, 4).tolist())),
             "confusion": result.confusion.tolist(), "classes": list(result.classes)}, indent=2))
     return 0
@@ -269,9 +301,10 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     run_dir = RunDir(args.runs_dir, args.run_id)
-    data = data_source(args).load()
-    command = cli_command(run_dir.read_config(), args.data)
-    card = export_shipped(run_dir.checkpoint, args.name, data.test_images, data.test_labels, command=command)
+    data = DataSource.from_args(args).load()
+    command = cli_command(run_dir.read_config(), "PATH")  # the card names no path of this machine
+    card = export_shipped(run_dir.checkpoint, args.name, data.test_images, data.test_labels, command=command,
+                          data_note=data.note)
     print(json.dumps(card, indent=2))
     return 0
 

@@ -34,8 +34,8 @@ def save_atomic(payload: dict, path: str | Path) -> None:
 
 
 def make_payload(model: nn.Module, *, model_name: str, width: float, classes, normalization: Normalization,
-                 config: dict, metrics: list[dict], extra: dict | None = None) -> dict:
-    """The dict stored in a checkpoint file."""
+                 config: dict, metrics: list[dict], dataset: dict | None = None, extra: dict | None = None) -> dict:
+    """The dict stored in a checkpoint file; `dataset` is the training data's `ImageData.summary()`."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -45,6 +45,7 @@ def make_payload(model: nn.Module, *, model_name: str, width: float, classes, no
         "normalization": normalization.to_dict(),
         "config": config,
         "metrics": metrics,
+        **({"dataset": dataset} if dataset is not None else {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **(extra or {}),
     }
@@ -65,6 +66,8 @@ def read(path: str | Path) -> dict:
     return payload
 
 
+DEFAULT_IMAGE_SIZE = 32  # checkpoints without a data set record were trained on CIFAR-10
+
 # inference speed is measured at Evaluate's batch size (Predict sends a few images at a time)
 INFERENCE_PROBE_BATCH = 500
 
@@ -80,6 +83,15 @@ class LoadedModel:
     normalization: Normalization
     meta: dict  # config, metrics and any other stored fields except the weights
     compute: Compute
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square images the model was trained on."""
+        return int(self.meta.get("dataset", {}).get("image_size", DEFAULT_IMAGE_SIZE))
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.meta.get("dataset", {}).get("name", "CIFAR-10"))
 
     @classmethod
     def from_payload(cls, payload: dict, device: str = "auto", precision: str = "auto",

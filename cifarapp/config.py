@@ -41,6 +41,7 @@ class Setting:
     high_open: bool = False
     choices: tuple[str, ...] = ()
     advanced: bool = False  # shown under "More settings" in the Train tab
+    cli: bool = True  # an option of `cifarapp train` (the CLI names data by --data instead)
     name: str = ""  # what messages call it; default: the field name in words
 
     def range_text(self) -> str:
@@ -78,6 +79,8 @@ class TrainConfig:
     """Everything that defines a training run. Build with `TrainConfig.from_dict` or the
     constructor, then call `validate()` before use."""
 
+    dataset: str = setting("", "Data set", "an image set kept by the app (its key in the Data panel; empty: the app's "
+                           "default data)", cli=False)
     model: str = setting("lenet", "Model", "architecture", choices=tuple(MODELS))
     width: float = setting(1.0, "Width multiplier (fastnet)", "channel width multiplier (fastnet only)",
                            low=0.05, high=8, advanced=True)
@@ -136,8 +139,18 @@ class TrainConfig:
     train_size: int | None = setting(None, "Training subset size (0 = all)",
                                      "train on only this many images (quick runs); default all", low=2,
                                      advanced=True, name="training subset size")
-    val_size: int = setting(5000, "Validation images", "images held out of the training set for validation",
-                            low=0, advanced=True, name="validation size")
+    val_size: int = setting(5000, "Validation images",
+                            "images held out of the training set for validation (data with a validation split "
+                            "of its own uses that instead)", low=0, advanced=True, name="validation size")
+    class_weighted: bool = setting(False, "Class-weighted loss",
+                                   "weight each class's loss by the inverse of its share of the training images, "
+                                   "so that small classes count as much as large ones", advanced=True)
+    init_from: str = setting("", "Start from", "start from the weights of a shipped model (its name) or a finished "
+                             "run (its id) of the same architecture: the body is loaded, the head is new for this "
+                             "data's classes (empty: random initial weights)", name="start from")
+    freeze_epochs: int = setting(0, "Train only the head for the first epochs (with Start from)",
+                                 "train only the new head (and norm layers) for this many first epochs, then "
+                                 "everything (needs Start from)", low=0, name="frozen-body epochs")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -175,7 +188,7 @@ class TrainConfig:
                 bad = [v for v in (value if isinstance(value, (tuple, list)) else (value,)) if v not in spec.choices]
                 if bad:
                     p.append(f"unknown {name} {', '.join(quote(v) for v in bad)}; choose from {', '.join(spec.choices)}")
-            elif value is not None and not isinstance(value, bool) and not spec.in_range(value):
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and not spec.in_range(value):
                 p.append(f"{name} must be {spec.range_text()}, got {number(value)}")
         p += self._relations()
         if n_train_available is not None and not p:
@@ -189,6 +202,13 @@ class TrainConfig:
         p = []
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             p.append("nesterov needs the sgd optimizer with momentum above 0")
+        if self.freeze_epochs and not self.init_from:
+            p.append("frozen-body epochs need Start from (a model whose body is already trained); set it to 0")
+        elif self.freeze_epochs > self.epochs:
+            p.append(f"frozen-body epochs must be between 0 and the number of epochs, got {self.freeze_epochs}")
+        for name in ("init_from", "dataset"):
+            if len(getattr(self, name)) > 200:
+                p.append(f"{name.replace('_', ' ')} must be a name or key, not {len(getattr(self, name))} characters")
         if self.warmup_epochs > self.epochs:
             p.append(f"warm-up epochs must be between 0 and the number of epochs, got {self.warmup_epochs:g}")
         # epoch counts of features only some models have: (field, ModelSpec flag, what it needs)
@@ -225,9 +245,9 @@ def cli_command(config: TrainConfig, data_flag: str | None = None) -> str:
     """The `python -m cifarapp train ...` command equivalent to a config."""
     default = TrainConfig()
     parts = ["python", "-m", "cifarapp", "train"]
-    for f in dataclasses.fields(TrainConfig):
+    for f, spec in settings():
         value = getattr(config, f.name)
-        if value == getattr(default, f.name):
+        if value == getattr(default, f.name) or not spec.cli:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):

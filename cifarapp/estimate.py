@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from .hardware import Compute, Measurements, Workload
 from .config import TrainConfig
+from .data import ImageData
 from .train import steps_per_epoch, training_compute
 
 # validation runs at this batch size (inference.batched_logits' default)
@@ -49,26 +50,37 @@ def train_image_count(config: TrainConfig, n_available: int) -> int:
 
 
 def expected_duration(config: TrainConfig, n_available: int, num_classes: int = 10,
-                      measurements: Measurements | None = None) -> Estimate:
-    """Wall time of a run of `config` on `n_available` training images, from measured throughput
-    of its model in the precision and layout it will train in."""
+                      measurements: Measurements | None = None, image_size: int = 32,
+                      own_validation: int | None = None) -> Estimate:
+    """Wall time of a run of `config` on `n_available` training images of side `image_size`
+    (validating on `own_validation` images where the data has its own validation split), from
+    measured throughput of its model in the precision and layout it will train in."""
     measurements = measurements or Measurements()
+    if own_validation is not None:
+        config = replace(config, val_size=0)
     compute = training_compute(config, num_classes, measurements)
     n = train_image_count(config, n_available)
     images = min(steps_per_epoch(n, config.batch_size) * config.batch_size, n)
 
-    def throughput(image_size: int = 32, train: bool = True, frozen: bool = False,
+    def throughput(size: int = image_size, train: bool = True, frozen: bool = False,
                    batch: int = config.batch_size) -> float:
-        work = Workload(config.model, config.width, num_classes, batch, image_size, train, frozen)
+        work = Workload(config.model, config.width, num_classes, batch, size, train, frozen)
         return measurements.images_per_s(work, compute.precision, compute.channels_last, compute.device)
 
     # epochs differ by image size (low-res epochs come first) and by whether the stem is frozen
-    kinds = Counter((config.low_res_size if epoch < config.low_res_epochs else 32, 0 < config.stem_bias_epochs <= epoch)
-                    for epoch in range(config.epochs))
+    kinds = Counter((config.low_res_size if epoch < config.low_res_epochs else image_size,
+                     0 < config.stem_bias_epochs <= epoch) for epoch in range(config.epochs))
     train_s = sum(count * images / throughput(size, frozen=frozen) for (size, frozen), count in kinds.items())
-    val_s = config.val_size / throughput(train=False, batch=VALIDATION_BATCH) if config.val_size else 0.0
+    n_val = config.val_size if own_validation is None else own_validation
+    val_s = n_val / throughput(train=False, batch=VALIDATION_BATCH) if n_val else 0.0
     seconds = SETUP_S + train_s * PIPELINE_OVERHEAD + config.epochs * (val_s + PER_EPOCH_S)
     return Estimate(seconds, compute, throughput(), config.epochs, n)
+
+
+def duration_on(config: TrainConfig, data: ImageData, measurements: Measurements | None = None) -> Estimate:
+    """`expected_duration` of `config` on the data set `data`."""
+    return expected_duration(config, len(data.train_images), len(data.classes), measurements, data.image_size,
+                             len(data.val_labels) if data.has_validation else None)
 
 
 def remaining_seconds(step: int, total_steps: int, elapsed_s: float) -> float | None:

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from .config import TrainConfig
-from .data import CifarData
+from .data import ImageData
 from .estimate import format_duration, remaining_seconds
 from .hardware import Measurements
+from .library import ImageSetLibrary
 from .runs import (ACTIVE_STATUSES, RunDir, RunError, RunSnapshot, RunStore, RunSummary, execute_run, new_run_id,
                    owner_key)
-from .train import EpochEvent, Event, StartEvent, StepEvent
+from .train import EpochEvent, Event, StartEvent, StepEvent, check_fit
 
 
 class BusyError(RunError):
@@ -29,12 +30,12 @@ class BusyError(RunError):
 class LazyData:
     """The training data, loaded on first use (it may be a download) and kept."""
 
-    def __init__(self, provider: Callable[[], CifarData] | None):
+    def __init__(self, provider: Callable[[], ImageData] | None):
         self._provider = provider
-        self._data: CifarData | None = None
+        self._data: ImageData | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> CifarData:
+    def get(self) -> ImageData:
         with self._lock:
             if self._data is None:
                 if self._provider is None:
@@ -42,7 +43,7 @@ class LazyData:
                 self._data = self._provider()
             return self._data
 
-    def loaded(self) -> CifarData | None:
+    def loaded(self) -> ImageData | None:
         """The data if it is loaded already (never loads it, never waits for a load)."""
         return self._data
 
@@ -94,11 +95,16 @@ class RunManager:
     """Owns all run state of the process (see the module docstring). Owners are identities
     (`ui.identity`); only their hash (`runs.owner_key`) is kept."""
 
-    def __init__(self, runs_root: str | Path, data_provider: Callable[[], CifarData] | None = None, *,
-                 max_active: int = 1, rules: RunRules = RunRules(), measurements: Measurements | None = None):
+    def __init__(self, runs_root: str | Path, data_provider: Callable[[], ImageData] | None = None, *,
+                 max_active: int = 1, rules: RunRules = RunRules(), measurements: Measurements | None = None,
+                 image_sets: ImageSetLibrary | None = None,
+                 builtin: dict[str, Callable[[], ImageData]] | None = None):
         self.store = RunStore(runs_root)
         self.store.root.mkdir(parents=True, exist_ok=True)
-        self.data = LazyData(data_provider)
+        self.data = LazyData(data_provider)  # the default data (config.dataset empty)
+        self.image_sets = image_sets  # the users' own sets (config.dataset names one)
+        # other data sets the app offers by name (CIFAR-100), each loaded on first use
+        self.builtin = {key: LazyData(provider) for key, provider in (builtin or {}).items()}
         self.measurements = measurements or Measurements()
         self.max_active = max_active
         self.rules = rules
@@ -132,8 +138,8 @@ class RunManager:
             live = _LiveRun(run_dir, config, owner_key(owner))
             self._live[run_dir.run_id] = live
         try:
-            data = self.data.get()
-            config.validate(len(data.train_images))
+            data = self.training_data(config.dataset, owner_key(owner))
+            check_fit(config, data)
             if resume_run_id is None:
                 run_dir.create(config)
         except BaseException:
@@ -146,6 +152,16 @@ class RunManager:
         live.thread.start()
         return run_dir.run_id
 
+    def training_data(self, dataset: str, owner: str | None) -> ImageData:
+        """The data a run of `config.dataset` trains on, for the owner key `owner` (None: any owner)."""
+        if not dataset:
+            return self.data.get()
+        if dataset in self.builtin:
+            return self.builtin[dataset].get()
+        if self.image_sets is None:
+            raise RunError("this app keeps no image sets; start it with a data-sets directory")
+        return self.image_sets.load(dataset, owner).data
+
     def _busy_message(self, busy: list[_LiveRun]) -> str:
         parts = []
         for run in busy:
@@ -156,7 +172,7 @@ class RunManager:
         return ("Busy: the trainer is training " + ", ".join(parts) +
                 f". At most {self.max_active} run(s) train at once; try again when it ends.")
 
-    def _run(self, live: _LiveRun, data: CifarData, resume: bool) -> None:
+    def _run(self, live: _LiveRun, data: ImageData, resume: bool) -> None:
         def on_event(event: Event) -> None:
             row = dataclasses.asdict(event)
             with self._lock:

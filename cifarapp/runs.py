@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 from . import checkpoints
-from .data import CifarData
+from .data import ImageData
 from .files import atomic_write_text
 from .hardware import Measurements
 from .config import TrainConfig
+from .weights import WEIGHTS_DIR, shipped_models
 from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, fit
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # matched in full
@@ -150,7 +151,21 @@ def failure_message(exc: BaseException) -> str:
     return text
 
 
-def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
+def starting_checkpoint(name: str, runs_root: str | Path, weights_dir: Path = WEIGHTS_DIR) -> Path:
+    """The checkpoint that `init_from` names: a shipped model's name or the id of a run with a checkpoint."""
+    for model in shipped_models(weights_dir):
+        if model.name == name:
+            return model.checkpoint
+    with contextlib.suppress(RunError):
+        run = RunDir(runs_root, name)
+        if run.checkpoint.is_file():
+            return run.checkpoint
+    shipped = ", ".join(m.name for m in shipped_models(weights_dir))
+    raise RunError(f"nothing to start from named {name[:60]!r}: give a shipped model ({shipped}) or the id of a run "
+                   "that has a checkpoint")
+
+
+def execute_run(run_dir: RunDir, config: TrainConfig, data: ImageData, *,
                 on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
                 resume: bool = False, owner: str | None = None,
                 on_epoch_end: Callable | None = None, measurements: Measurements | None = None) -> FitResult | None:
@@ -159,8 +174,8 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
     when it failed (status.json says why).
     `on_epoch_end(epoch, model)` is passed to `fit` (benchmarks measure test accuracy with it)."""
     started = time.time()
-    resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
-    status = {"status": "running", "pid": os.getpid(), "started": started, "message": "", "owner_key": owner}
+    status = {"status": "running", "pid": os.getpid(), "started": started, "message": "", "owner_key": owner,
+              "dataset": data.summary()}
 
     def record(event: Event) -> None:
         run_dir.append_event(event)
@@ -179,9 +194,14 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: CifarData, *,
                        f"on {data.source}: {json.dumps(config.to_dict())}")
     result, end_status, message = None, "failed", ""
     try:
+        resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
+        init_weights = None
+        if config.init_from and not resume:
+            init_weights = checkpoints.read(starting_checkpoint(config.init_from, run_dir.root))
+            run_dir.append_log(f"starting from {config.init_from}")
         result = fit(config, data, run_id=run_dir.run_id, on_event=record, stop=stop,
-                     checkpoint_path=run_dir.checkpoint, resume_from=resume_from, on_epoch_end=on_epoch_end,
-                     measurements=measurements)
+                     checkpoint_path=run_dir.checkpoint, resume_from=resume_from, init_weights=init_weights,
+                     on_epoch_end=on_epoch_end, measurements=measurements)
         end_status, message = result.status, result.message
     except Exception as exc:  # the run ends as failed with the reason; the process lives on
         message = failure_message(exc)

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints
+from .checkpoints import DEFAULT_IMAGE_SIZE
 from .config import TrainConfig
-from .data import CifarData, Normalization, alternating_flip_mask, augment_batch, downscale, split_train_val
+from .data import ImageData, Normalization, alternating_flip_mask, augment_batch, downscale, split_train_val
 from .hardware import Compute, Measurements, Workload, choose, detect, resolve_device
 from .inference import autocast, batched_logits
-from .models import SeededDropout, build_model
+from .models import MODELS, SeededDropout, build_model
 
 # A windowed mean loss this many times chance-level loss means the run has blown up.
 DIVERGENCE_FACTOR = 25.0
@@ -174,12 +175,13 @@ class Lookahead:
 
 def train_step(model: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, label_smoothing: float,
-               device: torch.device, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, amp_dtype: torch.dtype | None,
+               class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch (`model` may be a compiled module); returns the detached
     loss and logits."""
     with autocast(device, amp_dtype):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    loss = F.cross_entropy(logits.float(), y, weight=class_weight, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -216,24 +218,64 @@ def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
         return build_model(config.model, num_classes=num_classes, width=config.width)
 
 
-class _Training:
-    """One run's training state: set up from the config and data (or a checkpoint to resume),
-    the per-batch pipeline, one epoch at a time, and checkpoints."""
+def transfer_weights(model: nn.Module, payload: dict, model_name: str, width: float) -> list[str]:
+    """Load a checkpoint's weights into `model` wherever names and shapes match (the body), and
+    return the names left as initialised (the head, when the classes differ)."""
+    if payload.get("model") != model_name or float(payload.get("width", 1.0)) != float(width):
+        raise TrainingError(f"cannot start a {model_name} (width {width:g}) from a {payload.get('model')} "
+                            f"(width {float(payload.get('width', 1.0)):g}); choose the same architecture and width")
+    state = model.state_dict()
+    matching = {k: v for k, v in payload["state_dict"].items() if k in state and state[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    return [k for k in state if k not in matching]
 
-    def __init__(self, config: TrainConfig, data: CifarData, compute: Compute, normalization: Normalization,
-                 resume_from: dict | None):
-        self.config, self.compute, self.normalization = config, compute, normalization
-        self.classes = data.classes
+
+def body_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters that fine-tuning may freeze: all but the head (the last linear
+    layer) and the norm layers (fastai's choice: frozen bodies keep their norms trainable)."""
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    keep = {id(p) for p in head.parameters()}
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            keep |= {id(p) for p in module.parameters()}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency loss weights (mean 1 over the images): each class counts as much in total."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).float().clamp_min(1)
+    return len(labels) / (num_classes * counts)
+
+
+class TrainingError(ValueError):
+    """A run cannot start with this data or starting model; the message says what to change."""
+
+
+class _Training:
+    """One run's training state: set up from the config and data (or a checkpoint to resume, or
+    one to start from), the per-batch pipeline, one epoch at a time, and checkpoints."""
+
+    def __init__(self, config: TrainConfig, data: ImageData, compute: Compute, resume_from: dict | None,
+                 init_weights: dict | None):
+        self.config, self.compute, self.normalization = config, compute, data.normalization
+        self.classes, self.dataset = data.classes, data.summary()
         device = compute.device
         split = split_train_val(len(data.train_images), config.val_size, config.seed, config.train_size)
         self.train_x = data.train_images[split.train].to(device)
         self.train_y = data.train_labels[split.train].to(device)
-        self.val_x, self.val_y = data.train_images[split.val], data.train_labels[split.val]
+        if data.has_validation:
+            self.val_x, self.val_y = data.val_images, data.val_labels
+        else:
+            self.val_x, self.val_y = data.train_images[split.val], data.train_labels[split.val]
+        self.class_weight = class_weights(self.train_y, len(self.classes)).to(device) if config.class_weighted else None
 
         self.model = seeded_model(config, len(data.classes)).to(device, memory_format=compute.memory_format)
-        if hasattr(self.model, "init_whitening") and resume_from is None:
+        if init_weights is not None and resume_from is None:
+            transfer_weights(self.model, init_weights, config.model, config.width)
+        self.body = body_parameters(self.model)
+        if hasattr(self.model, "init_whitening") and resume_from is None and init_weights is None:
             sample = self.train_x[:WHITENING_SAMPLE].float().div(255)
-            self.model.init_whitening(normalization.apply(sample))
+            self.model.init_whitening(self.normalization.apply(sample))
         self.optimizer = make_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(device.type, enabled=compute.dtype == torch.float16)
         # the compiled module shares the model's parameters; checkpoints, validation and lookahead use the model
@@ -276,7 +318,8 @@ class _Training:
             extra["lookahead"] = self.lookahead.average
         payload = checkpoints.make_payload(
             self.model, model_name=self.config.model, width=self.config.width, classes=self.classes,
-            normalization=self.normalization, config=self.config.to_dict(), metrics=self.history, extra=extra)
+            normalization=self.normalization, config=self.config.to_dict(), metrics=self.history,
+            dataset=self.dataset, extra=extra)
         checkpoints.save_atomic(payload, path)
 
     def batch(self, indices: torch.Tensor, epoch: int, gen: torch.Generator) -> torch.Tensor:
@@ -296,6 +339,8 @@ class _Training:
               elapsed: Callable[[], float]) -> tuple[str, str] | EpochEvent:
         """Train one epoch: its EpochEvent, or (status, message) when it was stopped or diverged."""
         config, model, device = self.config, self.model, self.compute.device
+        for parameter in self.body:
+            parameter.requires_grad_(epoch >= config.freeze_epochs)
         if config.stem_bias_epochs and epoch >= config.stem_bias_epochs:
             model.freeze_stem()
         gen = torch.Generator(device=device).manual_seed(_epoch_seed(config.seed, epoch))
@@ -319,7 +364,7 @@ class _Training:
             indices = order[step * config.batch_size:(step + 1) * config.batch_size]
             y = self.train_y[indices]
             loss, logits = train_step(self.step_model, self.optimizer, self.scaler, self.batch(indices, epoch, gen),
-                                      y, config.label_smoothing, device, self.compute.dtype)
+                                      y, config.label_smoothing, device, self.compute.dtype, self.class_weight)
             if self.lookahead is not None:
                 self.lookahead.after_step(model, global_step + 1, self.total_steps)
             loss_sum += loss * len(indices)
@@ -364,22 +409,24 @@ class _Window:
         return result
 
 
-def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
+def fit(config: TrainConfig, data: ImageData, *, run_id: str = "",
         on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
         checkpoint_path: str | Path | None = None, resume_from: dict | None = None,
-        normalization: Normalization = Normalization(),
+        init_weights: dict | None = None,
         on_epoch_end: Callable[[int, nn.Module], None] | None = None,
         measurements: Measurements | None = None) -> FitResult:
-    """Train as `config` says on `data`, reporting events; save a checkpoint after every epoch
-    (and when stopped) to `checkpoint_path`; continue a run from a checkpoint dict `resume_from`.
-    `on_epoch_end(epoch, model)` lets benchmarks measure the model after each epoch (its time is
-    not counted as training time)."""
-    config = config.validate(len(data.train_images))
+    """Train as `config` says on `data` (normalised by its training images' statistics),
+    reporting events; save a checkpoint after every epoch (and when stopped) to `checkpoint_path`;
+    continue a run from a checkpoint dict `resume_from`, or start from the body of `init_weights`
+    (the checkpoint `config.init_from` names). Data with a validation split of its own validates
+    on it (`val_size` is then 0). `on_epoch_end(epoch, model)` lets benchmarks measure the model
+    after each epoch (its time is not counted as training time)."""
+    config = check_fit(config, data)
     emit = on_event or (lambda event: None)
     stop = stop or threading.Event()
     compute = training_compute(config, len(data.classes), measurements)
     emit(StartEvent(run_id, detect(compute.device).describe(), compute.to_dict(), compute.describe()))
-    run = _Training(config, data, compute, normalization, resume_from)
+    run = _Training(config, data, compute, resume_from, init_weights)
     t_start = time.perf_counter()
     elapsed_before = float(run.history[-1]["elapsed_s"]) if run.history else 0.0
 
@@ -401,6 +448,24 @@ def fit(config: TrainConfig, data: CifarData, *, run_id: str = "",
             on_epoch_end(epoch + 1, run.model)
             t_start += time.perf_counter() - t_callback
     return FitResult("finished", f"finished {config.epochs} epochs", run.model, config.epochs, run.history)
+
+
+def check_fit(config: TrainConfig, data: ImageData) -> TrainConfig:
+    """`config` as it trains on `data` (val_size 0 where the data has its own validation split),
+    validated; ConfigError or TrainingError say what does not fit."""
+    if data.has_validation:
+        config = dataclasses.replace(config, val_size=0)
+    config = config.validate(len(data.train_images))
+    check_image_size(config.model, data.image_size)
+    return config
+
+
+def check_image_size(model_name: str, image_size: int) -> None:
+    """Raise TrainingError when `model_name` cannot take square images of side `image_size`."""
+    if image_size != DEFAULT_IMAGE_SIZE and not MODELS[model_name].any_input_size:
+        able = ", ".join(name for name, spec in MODELS.items() if spec.any_input_size)
+        raise TrainingError(f"{model_name} takes {DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE} images only; this data is "
+                            f"{image_size}x{image_size}. Prepare it at {DEFAULT_IMAGE_SIZE}, or choose {able}")
 
 
 def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalization: Normalization,

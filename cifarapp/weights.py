@@ -12,6 +12,7 @@ import torch
 
 from . import checkpoints
 from .files import atomic_write_text
+from .data import CIFAR10_CLASSES
 from .evaluate import evaluate
 from .inference import TTA_MODES
 
@@ -48,8 +49,6 @@ def default_checkpoint(folder: Path = WEIGHTS_DIR) -> Path:
 
 
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "assets" / "test_sample.npz"
-DATA_NOTE = ("Trained and tested on a JPEG-decoded (quality 75) copy of CIFAR-10; accuracies are ~2-3 points "
-             "below what the same model reaches on the original pixels.")
 
 
 def load_sample(path: Path = SAMPLE_PATH):
@@ -59,18 +58,17 @@ def load_sample(path: Path = SAMPLE_PATH):
 
 
 def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder: Path = WEIGHTS_DIR,
-                   command: str = "") -> dict:
-    """Write `<name>.pt` (weights, config, classes, normalisation and metrics; no optimizer state)
-    and its model card `<name>.json` with test-set accuracy (also under each test-time
-    augmentation) and accuracy on the shipped sample."""
+                   command: str = "", data_note: str = "") -> dict:
+    """Write `<name>.pt` (weights, config, classes, normalisation, data set and metrics; no
+    optimizer state) and its model card `<name>.json` with the data set, test-set accuracy (also
+    under each test-time augmentation), and for a CIFAR-10 model accuracy on the shipped sample.
+    `data_note` says what a reader must know about the test data (ImageData.note)."""
     payload = checkpoints.read(checkpoint)
     slim = {k: v for k, v in payload.items() if k not in ("optimizer", "scaler", "lookahead")}  # training state
     loaded = checkpoints.LoadedModel.from_payload(slim)
     test = evaluate(loaded, test_images, test_labels)
     tta = {mode: round(evaluate(loaded, test_images, test_labels, tta=mode).accuracy, 4)
            for mode in TTA_MODES if mode != "none"}
-    sample_images, sample_labels = load_sample()
-    sample = evaluate(loaded, sample_images, sample_labels)
     history = payload.get("metrics", [])
     card = {
         "name": name,
@@ -79,16 +77,19 @@ def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder
         "test_accuracy": round(test.accuracy, 4),
         "test_accuracy_tta": tta,
         "per_class_accuracy": dict(zip(test.classes, [round(float(a), 4) for a in test.per_class_accuracy])),
-        "sample_accuracy": round(sample.accuracy, 4),
-        "sample": f"assets/{SAMPLE_PATH.name} ({len(sample_labels)} test images)",
+        "dataset": payload.get("dataset", {"name": "CIFAR-10", "classes": list(loaded.classes)}),
         "epochs": payload.get("epochs_done"),
         "training_time_s": round(history[-1]["elapsed_s"], 1) if history else None,
         "config": payload["config"],
         "command": command,
         "run_id": payload.get("run_id"),
-        "data_note": DATA_NOTE,
+        "data_note": data_note,
         "date": time.strftime("%Y-%m-%d"),
     }
+    if tuple(loaded.classes) == CIFAR10_CLASSES:
+        sample_images, sample_labels = load_sample()
+        card["sample_accuracy"] = round(evaluate(loaded, sample_images, sample_labels).accuracy, 4)
+        card["sample"] = f"assets/{SAMPLE_PATH.name} ({len(sample_labels)} test images)"
     folder.mkdir(parents=True, exist_ok=True)
     checkpoints.save_atomic(slim, folder / f"{name}.pt")
     atomic_write_text(folder / f"{name}.json", json.dumps(card, indent=2) + "\n")

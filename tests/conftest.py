@@ -16,15 +16,29 @@ from typing import NamedTuple
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cifarapp.data import synthetic_data
 
-from cifarapp.data import synthetic_data  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 torch.set_num_threads(2)
 # measurements of this machine's speed (cifarapp.hardware) go to a fresh folder per test session;
 # the apps the tests start inherit it
 os.environ["CIFARAPP_CACHE_DIR"] = tempfile.mkdtemp(prefix="cifarapp-test-cache-")
+
+
+# modules whose tests start the app (and the marker each gets); all of them are slow
+SERVER_MODULES = {"test_app_api": "server", "test_security": "server", "test_uploads": "server",
+                  "test_load": "load", "test_browser": "browser"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark tests that start the app as server, load or browser tests, and all of those as slow."""
+    for item in items:
+        kind = SERVER_MODULES.get(item.module.__name__.rsplit(".", 1)[-1])
+        if kind:
+            item.add_marker(getattr(pytest.mark, kind))
+            item.add_marker(pytest.mark.server)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +77,8 @@ def running_app(tmp: Path, *extra_args: str, env: dict | None = None):
     log = tmp / "app.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data", "synthetic", "--runs-dir",
-                                 str(runs), "--host", "127.0.0.1", "--port", str(port), *extra_args],
+                                 str(runs), "--datasets-dir", str(tmp / "datasets"), "--host", "127.0.0.1", "--port", str(port),
+                                 *extra_args],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

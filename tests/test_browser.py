@@ -129,3 +129,96 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
     page.wait_for_function(f"document.querySelector('#runs-table')?.innerText.includes('{run_id}')")
     page.wait_for_timeout(1500)
     page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
+
+
+def choose(page, elem_id: str, option: str):
+    """Pick an option of a Gradio dropdown by (part of) its label."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+
+
+def set_number(page, label: str, value: str):
+    field = page.get_by_label(label, exact=True)
+    field.fill(value)
+    field.press("Tab")
+
+
+def wait_for_text(page, elem_id: str, pattern: str):
+    page.wait_for_function(f"/{pattern}/.test(document.querySelector('#{elem_id}')?.innerText || '')")
+
+
+def test_own_images_from_a_zip_train_evaluate_predict_in_a_browser(page, app_server, tmp_path):
+    from test_own_images import NEW_NAMES, make_set, zip_folder
+    archive = zip_folder(make_set(tmp_path / "pets", per_class=60), tmp_path / "pets.zip")
+    SHOTS.mkdir(exist_ok=True)
+    page.goto(app_server.url)
+    page.get_by_role("button", name="Start training").wait_for()
+    with page.expect_file_chooser() as chooser:
+        page.locator("#dataset-upload").click()
+    chooser.value.set_files(str(archive))
+    wait_for_text(page, "dataset-summary", "pets.*3 classes")
+    assert "144 training, 36 validation" in page.locator("#dataset-summary").inner_text()
+    page.locator("#dataset-counts img, #dataset-counts svg, #dataset-counts canvas").first.wait_for()
+    assert page.locator("#dataset-samples img").count() >= 18  # six per class
+
+    choose(page, "train-model", "fastnet")
+    choose(page, "setting-init_from", "shipped fastnet")
+    set_number(page, "Epochs", "2")
+    set_number(page, "Train only the head for the first epochs (with Start from)", "1")
+    set_number(page, "Batch size", "32")
+    page.screenshot(path=str(SHOTS / "own_images_data.png"), full_page=True)
+    page.get_by_role("button", name="Start training").click()
+    wait_for_text(page, "train-status", "finished|failed|Not started")
+    status = page.locator("#train-status").inner_text()
+    assert "finished" in status, status
+    page.screenshot(path=str(SHOTS / "own_images_trained.png"), full_page=True)
+    run_id = re.search(r"run (\S+) ·", status).group(1).strip("`")
+
+    page.get_by_role("tab", name="Evaluate").click()
+    choose(page, "eval-model", run_id)
+    page.get_by_role("button", name="Evaluate").click()
+    wait_for_text(page, "eval-summary", "Accuracy")
+    accuracy = float(re.search(r"Accuracy ([\d.]+)%", page.locator("#eval-summary").inner_text()).group(1))
+    assert accuracy > 60  # three classes: chance is 33%
+    assert "bateau à voile" in page.locator("body").inner_text()
+    page.screenshot(path=str(SHOTS / "own_images_evaluate.png"), full_page=True)
+
+    page.get_by_role("tab", name="Predict").click()
+    choose(page, "predict-model", run_id)
+    page.locator("#predict-image input[type=file]").set_input_files(str(next((tmp_path / "pets" / "Hund").iterdir())))
+    page.wait_for_function(
+        "(() => { const l = document.querySelector('#predict-label'); return l && /\\d+%/.test(l.innerText); })()")
+    label = page.locator("#predict-label").inner_text()
+    assert any(name in label for name in NEW_NAMES.values()), label
+    page.screenshot(path=str(SHOTS / "own_images_predict.png"), full_page=True)
+
+
+def test_a_data_set_built_class_by_class_in_the_browser_trains(page, app_server, tmp_path):
+    files = {}
+    for name, colour in (("rot", (220, 40, 40)), ("blau", (40, 40, 220))):
+        rng = np.random.default_rng(colour[0])
+        files[name] = []
+        for i in range(12):
+            path = tmp_path / f"{name}-{i}.png"
+            Image.fromarray(np.clip(np.array(colour) + rng.integers(-40, 40, (36, 48, 3)), 0, 255)
+                            .astype(np.uint8)).save(path)
+            files[name].append(str(path))
+    page.goto(app_server.url)
+    page.get_by_role("button", name="Start training").wait_for()
+    page.get_by_text("Build a data set here").click()
+    page.get_by_label("Name of a new data set").fill("colours")
+    page.locator("#collection-create").click()
+    wait_for_text(page, "collection-status", "Created")
+    for name, paths in files.items():
+        page.get_by_label("Class name").fill(name)
+        page.locator("#collection-files input[type=file]").set_input_files(paths)
+        page.wait_for_timeout(1000)
+        page.locator("#collection-add").click()
+        wait_for_text(page, "collection-status", f"{name} 12")
+    wait_for_text(page, "dataset-summary", "colours.*2 classes")
+    page.screenshot(path=str(SHOTS / "collected.png"), full_page=True)
+    set_number(page, "Epochs", "3")
+    set_number(page, "Batch size", "8")
+    page.get_by_role("button", name="Start training").click()
+    wait_for_text(page, "train-status", "finished|failed|Not started")
+    assert "finished" in page.locator("#train-status").inner_text()

@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import http.server
 import pickle
@@ -36,23 +37,30 @@ def fake_archive(tmp_path):
     return archive, md5, batches
 
 
-@pytest.fixture
-def local_server(fake_archive):
-    archive, _, _ = fake_archive
+@contextlib.contextmanager
+def serving(folder):
+    """A local HTTP server of `folder`: (its URL, the list of paths requested so far)."""
     requests = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(archive.parent), **kw)
+            super().__init__(*a, directory=str(folder), **kw)
 
         def log_message(self, *args):
             requests.append(self.path)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", requests
-    server.shutdown()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def local_server(fake_archive):
+    with serving(fake_archive[0].parent) as served:
+        yield served
 
 
 def _point_torchvision_at(monkeypatch, url, fake_archive):
@@ -192,3 +200,47 @@ def test_normalization_round_trip():
     x = torch.full((1, 3, 2, 2), 0.5)
     expected = (0.5 - norm.mean[1]) / norm.std[1]
     assert torch.allclose(norm.apply(x)[0, 1], torch.full((2, 2), expected))
+
+
+def test_cifar100_downloads_from_a_local_server_with_its_fine_labels(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR100
+
+    from cifarapp.sources import DataSource
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "src" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    names = [f"class_{i:02d}" for i in range(100)]
+    content = {
+        "train": {"data": rng.integers(0, 256, (60, 3072), dtype=np.uint8), "fine_labels": list(range(60)),
+                  "coarse_labels": [0] * 60},
+        "test": {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "fine_labels": list(range(80, 100)),
+                 "coarse_labels": [0] * 20},
+        "meta": {"fine_label_names": names, "coarse_label_names": ["all"]},
+    }
+    for name, value in content.items():
+        (folder / name).write_bytes(pickle.dumps(value))
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    archive = serve / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-100-python")
+    md5 = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in content}
+    with serving(serve) as (url, requests):
+        monkeypatch.setattr(CIFAR100, "url", f"{url}/{archive.name}")
+        monkeypatch.setattr(CIFAR100, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+        monkeypatch.setattr(CIFAR100, "train_list", [["train", md5["train"]]])
+        monkeypatch.setattr(CIFAR100, "test_list", [["test", md5["test"]]])
+        monkeypatch.setattr(CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names", "md5": md5["meta"]})
+        source = DataSource("cifar100", str(tmp_path / "data"))
+        loaded = source.load()
+        assert requests and loaded.name == "CIFAR-100" and loaded.classes == tuple(names)
+        assert loaded.train_labels.tolist() == list(range(60)) and loaded.test_labels.tolist() == list(range(80, 100))
+        flat = content["train"]["data"][0]
+        assert loaded.train_images[0, :, 0, 1].tolist() == [flat[1], flat[1024 + 1], flat[2048 + 1]]
+        expected = loaded.train_images.double().div(255).mean(dim=(0, 2, 3)).tolist()
+        assert np.allclose(loaded.normalization.mean, expected, atol=1e-3)
+        fetched = len(requests)
+        again = DataSource("cifar100", str(tmp_path / "data"), download=False).load()
+        assert len(requests) == fetched and torch.equal(again.train_images, loaded.train_images)
+    with pytest.raises(D.DataUnavailableError, match="CIFAR-100 is not in"):
+        DataSource("cifar100", str(tmp_path / "elsewhere"), download=False).load()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarapp.predict import ImageError, array_to_image, predict_pixels, preprocess
+from cifarapp.images import ImageError, array_to_image, preprocess
+from cifarapp.predict import predict_pixels
 
 
 def _png(image: Image.Image, **kw) -> bytes:

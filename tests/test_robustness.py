@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cifarapp import checkpoints
-from cifarapp.predict import MAX_PIXELS, ImageError, preprocess
+from cifarapp.images import MAX_PIXELS, ImageError, preprocess
 from cifarapp.manager import RunManager
 from cifarapp.config import ConfigError, TrainConfig
 

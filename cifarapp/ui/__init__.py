@@ -9,6 +9,8 @@ the owner's handler hands to Gradio. See docs/robustness.md for the threats and 
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -19,6 +21,7 @@ from . import evaluate_tab, predict_tab, runs_tab, train_tab
 from .context import AppContext
 from .guard import SafeBlocks
 from .identity import client_address, new_owner_token, valid_token
+from .widgets import MAX_ZIP_BYTES
 
 CSS = """
 .cf-progress {display:flex; gap:12px; align-items:center; font-variant-numeric: tabular-nums;}
@@ -27,15 +30,17 @@ CSS = """
 .cf-pixels figcaption {font-size: 0.85em; opacity: 0.8;}
 """
 UPLOAD_ROUTE = "/gradio_api/upload"
-MAX_UPLOAD = "20mb"
+MAX_UPLOAD = f"{MAX_ZIP_BYTES // 2**20}mb"
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     """The whole app. Launch it with `launch(demo, ctx)`."""
     age = ctx.cache_max_age_s  # Gradio checks this often and deletes its cached files older than it
-    with SafeBlocks(title="cifarapp: CIFAR-10 trainer", delete_cache=(age, age)) as demo:
+    with SafeBlocks(title="cifarapp: image classifier trainer", delete_cache=(age, age)) as demo:
         owner = gr.BrowserState(None, storage_key="cifarapp-owner")
-        gr.Markdown("# cifarapp · train, evaluate and use a CIFAR-10 classifier")
+        gr.Markdown("# cifarapp · train, evaluate and use an image classifier: CIFAR-10 or your own images")
+        if os.environ.get("OAUTH_CLIENT_ID"):  # a Space with Hugging Face sign-in (hf_oauth: true)
+            gr.LoginButton(value="Sign in to own your runs across browsers")
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
                 train_tab.build(ctx, owner, demo)

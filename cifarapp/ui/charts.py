@@ -115,3 +115,22 @@ def pixels_html(image_hwc: np.ndarray, caption: str, size: int = 160) -> str:
 def upscale(image_hwc: np.ndarray, factor: int = 4) -> np.ndarray:
     """Nearest-neighbour enlargement, so a 32x32 image is visible as the model sees it."""
     return np.repeat(np.repeat(image_hwc, factor, axis=0), factor, axis=1)
+
+
+def class_counts_figure(classes, counts_by_split: dict[str, list[int]]) -> Figure:
+    """Horizontal bars of images per class, one colour per split (train, val, test)."""
+    fig = Figure(figsize=(6.5, 0.45 * len(classes) + 1.2), dpi=100)
+    ax = fig.add_subplot()
+    left = np.zeros(len(classes))
+    for split, counts in counts_by_split.items():
+        ax.barh(range(len(classes)), counts, left=left, label=split)
+        left += np.asarray(counts)
+    for i, total in enumerate(left):
+        ax.text(total, i, f" {int(total)}", va="center", fontsize=9)
+    ax.set_yticks(range(len(classes)), labels=classes)
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.set_xlim(0, max(left.max(initial=1), 1) * 1.15)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -9,12 +9,18 @@ from pathlib import Path
 import torch
 
 from ..catalog import ModelCatalog
-from ..data import DataSource, DataUnavailableError
+from ..checkpoints import LoadedModel
+from ..data import CIFAR10_TRAIN_SIZE, DataUnavailableError
+from ..sources import CIFAR100, DataSource
 from ..hardware import Measurements, detect, resolve_device
+from ..config import TrainConfig
+from ..estimate import Estimate, duration_on, expected_duration
+from ..library import ImageSetLibrary
 from ..limits import Limits
 from ..manager import RunManager, RunRules
 from ..weights import load_sample
 
+CIFAR100_KEY = "builtin/cifar100"  # the Data panel's key for CIFAR-100
 ASSETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets"
 
 
@@ -42,15 +48,29 @@ class AppContext:
     def create(cls, runs_root: str | Path = "runs", data_source: DataSource = DataSource(),
                max_active: int = 1, rules: RunRules = RunRules(),
                limits: Limits | None = None, cache_max_age_s: int = 3600) -> "AppContext":
+        library = ImageSetLibrary(data_source.datasets_dir, data_source.image_size, data_source.val_fraction)
+        cifar100 = DataSource(CIFAR100, data_source.data_dir, data_source.download)
         manager = RunManager(runs_root, data_source.load, max_active=max_active, rules=rules,
-                             measurements=Measurements())
+                             measurements=Measurements(), image_sets=library, builtin={CIFAR100_KEY: cifar100.load})
         return cls(manager, ModelCatalog(manager), data_source, limits or Limits.create(None, None, None),
                    cache_max_age_s)
 
-    def train_image_count(self) -> int:
-        """Training images of the data set: counted once it is loaded, else its known size."""
+    def train_image_count(self, dataset: str = "") -> int:
+        """Training images of a data set (the default one: counted once it is loaded, else its
+        known size). Any key will do: a count tells nothing about a set's images."""
+        if dataset and self.manager.image_sets is not None:
+            return len(self.manager.image_sets.load(dataset, None).data.train_labels)
         data = self.manager.data.loaded()
         return len(data.train_images) if data is not None else self.data_source.expected_train_images()
+
+    def estimate(self, config: TrainConfig) -> Estimate:
+        """The expected duration of a run of `config` on its data set here."""
+        measurements = self.manager.measurements
+        if config.dataset == CIFAR100_KEY:
+            return expected_duration(config, CIFAR10_TRAIN_SIZE, 100, measurements)
+        if config.dataset and self.manager.image_sets is not None:
+            return duration_on(config, self.manager.image_sets.load(config.dataset, None).data, measurements)
+        return expected_duration(config, self.train_image_count(), measurements=measurements)
 
     def eval_set(self) -> EvalSet:
         """The full test set when the data is already here (no download), else the shipped sample."""
@@ -59,11 +79,36 @@ class AppContext:
                 self._eval_set = self._find_eval_set()
             return self._eval_set
 
+    def eval_set_for(self, loaded: LoadedModel, owner: str | None) -> EvalSet:
+        """The evaluation images that match a model: CIFAR-10's (see eval_set) for a CIFAR-10
+        model; for a model of an image set, that set's test images, if it is one of the sets of
+        the owner key `owner` here. DataUnavailableError says what is missing."""
+        dataset = loaded.meta.get("dataset") or {}
+        if dataset.get("name", "CIFAR-10") == "CIFAR-10" and len(loaded.classes) == 10:
+            return self.eval_set()
+        if dataset.get("name") == "CIFAR-100":
+            data = self.manager.builtin[CIFAR100_KEY].get()
+            return EvalSet(data.test_images, data.test_labels, f"the CIFAR-100 test set ({len(data.test_labels):,} "
+                                                               "images)", full=True)
+        library = self.manager.image_sets
+        for entry in (library.entries(owner) if library is not None and owner is not None else []):
+            if sorted(entry.counts) != sorted(loaded.classes):
+                continue
+            data = library.load(entry.key, owner).data
+            if data.content_hash == dataset.get("content_hash") and data.image_size == loaded.image_size:
+                return EvalSet(data.test_images, data.test_labels,
+                               f"the {data.test_name} of {data.name} ({len(data.test_labels):,} images)", full=True)
+        raise DataUnavailableError(
+            f"This model was trained on {dataset.get('name', 'an image set')} ({len(loaded.classes)} classes), which "
+            "is not among your data sets here. Pick the data set in the Train tab's Data panel (upload its zip), "
+            "or evaluate it with `python -m cifarapp evaluate RUN_ID --data PATH`.")
+
     def _find_eval_set(self) -> EvalSet:
         try:
             data = self.manager.data.get() if self.data_source.is_synthetic else self.data_source.load(download=False)
             return EvalSet(data.test_images, data.test_labels,
-                           f"the full test set ({len(data.test_labels):,} images from {data.source})", full=True)
+                           f"the full test set ({len(data.test_labels):,} images from {data.source})"
+                           + (f". {data.note}" if data.note else ""), full=True)
         except DataUnavailableError:
             images, labels = load_sample()
             return EvalSet(images, labels, f"a sample of {len(labels):,} CIFAR-10 test images shipped in "

@@ -7,8 +7,10 @@ import pandas as pd
 
 from ..catalog import RUN_PREFIX
 from ..checkpoints import CheckpointError
+from ..data import DataUnavailableError
 from ..evaluate import EvalResult, evaluate
 from ..inference import TTA_MODES
+from ..runs import owner_key
 from . import charts
 from .context import AppContext
 from .guard import guarded, one_of, plain_error, text_value
@@ -25,9 +27,10 @@ def run_evaluation(ctx: AppContext, key, tta, identity: str | None, progress=Non
         loaded = ctx.catalog.load(key)
     except (CheckpointError, OSError) as exc:
         raise plain_error(str(exc)) from None
-    eval_set = ctx.eval_set()
-    if len(loaded.classes) != 10 or int(eval_set.labels.max()) >= len(loaded.classes):
-        raise plain_error("This model's classes do not match the evaluation images.")
+    try:
+        eval_set = ctx.eval_set_for(loaded, owner_key(identity) if identity else None)
+    except DataUnavailableError as exc:
+        raise plain_error(str(exc)) from None
     result = evaluate(loaded, eval_set.images, eval_set.labels, tta=tta, progress=progress)
     recorded = (key.startswith(RUN_PREFIX) and eval_set.full and
                 ctx.manager.record_evaluation(key[len(RUN_PREFIX):], {"accuracy": result.accuracy, "tta": tta},

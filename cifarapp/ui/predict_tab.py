@@ -1,4 +1,4 @@
-"""Predict tab: upload, webcam or paste images; see class probabilities and the 32x32 input."""
+"""Predict tab: upload, webcam or paste images; see class probabilities and the model's input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 
 from ..checkpoints import CheckpointError
 from ..limits import RateLimited
-from ..predict import ImageError, predict_pixels, preprocess
+from ..images import ImageError, preprocess
+from ..predict import predict_pixels
 from . import charts
 from .context import ASSETS_DIR, AppContext
 from .guard import guarded, plain_error, text_value
@@ -30,7 +31,7 @@ def classify(ctx: AppContext, key, paths: list[str]):
     pixels, names, problems = [], [], []
     for path in paths:
         try:
-            pixels.append(preprocess(path))
+            pixels.append(preprocess(path, side=loaded.image_size))
             names.append(Path(path).name)
         except ImageError as exc:
             problems.append(str(exc))
@@ -46,7 +47,8 @@ def predict_one(ctx: AppContext, key, path) -> tuple:
     if problems:
         return None, "", f"⚠️ {problems[0]}"
     return ({c: float(p) for c, p in zip(classes, probs[0])},
-            charts.pixels_html(pixels[0], "What the model sees: 32x32 pixels, enlarged"), "")
+            charts.pixels_html(pixels[0], f"What the model sees: {len(pixels[0])}x{len(pixels[0])} pixels, enlarged"),
+            "")
 
 
 def predict_files(ctx: AppContext, key, paths, request: gr.Request | None) -> tuple:
@@ -101,6 +103,6 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     files.upload(many, [model, files], [batch, message], api_name="predict_files", concurrency_limit=4,
                  concurrency_id="predict")
     model.change(one, [model, image], [label, seen, message], api_name=False, concurrency_id="predict")
-    examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+    examples = sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg"))
     if examples:
-        gr.Examples(examples, inputs=image, label="Examples (CIFAR-10 test images; see assets/README.md)")
+        gr.Examples(examples, inputs=image, label="Examples (CIFAR-10 test images and a photo; see assets/README.md)")

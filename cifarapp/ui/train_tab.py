@@ -20,13 +20,17 @@ import gradio as gr
 
 from ..config import ConfigError, TrainConfig, cli_command, settings
 from ..data import AUGMENTATIONS, DataUnavailableError
-from ..estimate import BUDGETS, expected_duration, format_duration, plan_for_budget, remaining_seconds
+from ..files import atomic_write_text
+from ..estimate import BUDGETS, format_duration, plan_for_budget, remaining_seconds
 from ..limits import RateLimited
+from ..imagesets import ImageSetError
 from ..models import MODELS, registered_parameter_count
 from ..presets import BUDGET_BASE, PRESETS
 from ..manager import BusyError
 from ..runs import RunError, RunSnapshot
-from . import charts
+from ..weights import shipped_models
+from ..train import TrainingError
+from . import charts, data_panel
 from .context import AppContext, hardware_summary
 from .guard import guarded, plain_error, short, text_value
 from .identity import client_address, new_owner_token, owner_of
@@ -38,11 +42,15 @@ CONFIG_DIR = Path(tempfile.gettempdir()) / "cifarapp-configs"
 DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "cifarapp-downloads"
 MAX_CONFIG_BYTES = 64 * 1024
 FIELDS = [f.name for f, _ in settings()]  # the API takes the form's values in this order
-# where each setting sits: the main form, then "More settings" (the model has its own row)
+# what presets and time budgets set: everything but the data and the starting weights
+RECIPE_FIELDS = [f for f in FIELDS if f not in ("dataset", "init_from", "freeze_epochs")]
+# where each setting sits: the main form, then "More settings" (the data set is the Data panel's,
+# the model has its own row)
 MAIN_ROWS = (("optimizer", "lr", "epochs", "batch_size"),
-             ("schedule", "warmup_epochs", "label_smoothing", "weight_decay"), ("augment",))
+             ("schedule", "warmup_epochs", "label_smoothing", "weight_decay"), ("init_from", "freeze_epochs"),
+             ("augment",))
 MORE_ROWS = (("momentum", "nesterov", "width"), ("bias_lr_scale", "lr_start_fraction", "lr_end_fraction"),
-             ("lookahead", "stem_bias_epochs"), ("low_res_epochs", "low_res_size"),
+             ("lookahead", "stem_bias_epochs", "class_weighted"), ("low_res_epochs", "low_res_size"),
              ("train_size", "val_size", "seed"), ("device", "precision", "compile"))
 CHOICE_NOTES = {"augment": AUGMENTATIONS}
 # what the poll handler updates, in the order of its outputs
@@ -109,6 +117,16 @@ def model_info(name) -> str:
     return f"{spec.description} · **{registered_parameter_count(name):,} parameters**"
 
 
+def start_from_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """What a run can start from: random weights, a shipped model, or a run with a checkpoint."""
+    choices = [("random initial weights", "")]
+    choices += [(f"shipped {m.name} ({len(m.card.get('classes', [])) or 10} classes)", m.name)
+                for m in shipped_models()]
+    choices += [(f"run {run.run_id} ({run.status})", run.run_id) for run in ctx.manager.list_runs()
+                if ctx.manager.run_dir(run.run_id).checkpoint.is_file()]
+    return choices
+
+
 def rules_markdown(ctx: AppContext) -> str:
     """The app's rules for runs, as the Train tab states them."""
     manager, limits = ctx.manager, ctx.manager.rules
@@ -132,7 +150,9 @@ def estimate_markdown(ctx: AppContext, values: dict) -> str:
     if ctx.manager.active_runs():
         return f"⏱️ Expected duration: {BUSY_MEASURING}."
     try:
-        estimate = expected_duration(config, ctx.train_image_count(), measurements=ctx.manager.measurements)
+        estimate = ctx.estimate(config)
+    except ImageSetError as exc:
+        return f"⏱️ Expected duration: the data set cannot be used: {short(str(exc), 200)}"
     except (ValueError, RuntimeError) as exc:  # e.g. a device that is not here
         return f"⏱️ Expected duration: this configuration cannot be measured here: {short(str(exc), 200)}"
     limit = ctx.manager.rules.max_run_s
@@ -142,12 +162,15 @@ def estimate_markdown(ctx: AppContext, values: dict) -> str:
             f"Computes in {estimate.compute.describe()}")
 
 
-def budget_plan(ctx: AppContext, label: str) -> tuple[str, TrainConfig | None]:
+def budget_plan(ctx: AppContext, label: str, dataset: str = "") -> tuple[str, TrainConfig | None]:
     """The fast recipe sized to the budget named `label` on this machine, and a note about it."""
     if ctx.manager.active_runs():
         return f"A time budget is {BUSY_MEASURING}.", None
-    plan = plan_for_budget(BUDGETS[label], PRESETS[BUDGET_BASE].config, ctx.train_image_count(),
-                           measurements=ctx.manager.measurements)
+    try:
+        count = ctx.train_image_count(dataset)
+    except ImageSetError as exc:
+        return f"A time budget needs a usable data set: {short(str(exc), 200)}", None
+    plan = plan_for_budget(BUDGETS[label], PRESETS[BUDGET_BASE].config, count, measurements=ctx.manager.measurements)
     return (f"Fast recipe sized to {label.replace(' here', '')} on this machine: {plan.describe()}. "
             "Accuracy grows with the budget; see the presets for measured figures."), plan.config
 
@@ -169,7 +192,7 @@ def save_config_file(ctx: AppContext, values: dict) -> str:
     CONFIG_DIR.mkdir(exist_ok=True)
     remove_older_than(CONFIG_DIR, ctx.cache_max_age_s)
     path = CONFIG_DIR / f"cifarapp-config-{config.model}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
-    path.write_text(text)
+    atomic_write_text(path, text)
     return str(path)
 
 
@@ -205,7 +228,7 @@ def start_run(ctx: AppContext, token, values: dict, request: gr.Request | None,
         new_id = ctx.manager.start(config, identity)
         ctx.limits.runs.check(identity)
         ctx.limits.runs_per_address.check(address)
-    except (ConfigError, BusyError, RunError, RateLimited) as exc:
+    except (ConfigError, BusyError, RunError, RateLimited, ImageSetError, TrainingError) as exc:
         return gr.skip(), f"❌ **Not started.** {exc}"
     except (DataUnavailableError, OSError) as exc:
         return gr.skip(), f"❌ **Not started.** Could not load the training data: {short(str(exc), 300)}"
@@ -274,21 +297,21 @@ def poll_run(ctx: AppContext, token, current, last_seen, request: gr.Request | N
 
 
 def apply_preset(name) -> list:
-    """[budget, preset note, *form values] for a preset (skips for an unknown one)."""
+    """[budget, preset note, *recipe values] for a preset (skips for an unknown one)."""
     preset = PRESETS.get(name) if isinstance(name, str) else None
     if preset is None:
-        return [gr.skip()] * (len(FIELDS) + 2)
-    return ["", preset.report_finding, *config_to_form(preset.config)]
+        return [gr.skip()] * (len(RECIPE_FIELDS) + 2)
+    return ["", preset.report_finding, *config_to_form(preset.config, RECIPE_FIELDS)]
 
 
-def apply_budget(ctx: AppContext, label) -> list:
-    """[preset, note, *form values] for a time budget (skips for none)."""
+def apply_budget(ctx: AppContext, label, dataset="") -> list:
+    """[preset, note, *recipe values] for a time budget on the chosen data set (skips for none)."""
     if not isinstance(label, str) or label not in BUDGETS:
-        return [gr.skip()] * (len(FIELDS) + 2)
-    note, config = budget_plan(ctx, label)
+        return [gr.skip()] * (len(RECIPE_FIELDS) + 2)
+    note, config = budget_plan(ctx, label, dataset if isinstance(dataset, str) else "")
     if config is None:
-        return [gr.skip(), note, *[gr.skip()] * len(FIELDS)]
-    return [None, note, *config_to_form(config)]
+        return [gr.skip(), note, *[gr.skip()] * len(RECIPE_FIELDS)]
+    return [None, note, *config_to_form(config, RECIPE_FIELDS)]
 
 
 def _widget(name: str, spec, default):
@@ -302,6 +325,9 @@ def _widget(name: str, spec, default):
                              label=spec.label)
     if spec.choices:
         return gr.Dropdown(list(spec.choices), value=default, label=spec.label, info=info)
+    if isinstance(default, str):  # a name from a list that grows (start from: shipped models and runs)
+        return gr.Dropdown([("random initial weights", default)], value=default, label=spec.label, info=info,
+                           allow_custom_value=True, elem_id=f"setting-{name}")
     whole = name in {f.name for f, _ in settings() if str(f.type).startswith("int")}
     low = 0 if name == "train_size" else spec.low  # the form's 0 means "all images"
     return gr.Number(0 if default is None else default, label=spec.label, info=info, precision=0 if whole else None,
@@ -314,16 +340,18 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
     data_flag = ctx.data_source.data
     specs = dict((f.name, spec) for f, spec in settings())
     default = PRESETS["report_lenet"].config
-    gr.Markdown(f"Training data: {ctx.data_source.describe()}. Hardware (device *auto*): **{hardware_summary()}**.")
+    dataset = data_panel.build(ctx, owner, demo)
+    gr.Markdown(f"Hardware (device *auto*): **{hardware_summary()}**.")
     with gr.Row():
         preset = gr.Dropdown([(p.title, p.name) for p in PRESETS.values()], value="report_lenet", label="Preset", scale=2)
         budget = gr.Dropdown([("none", "")] + [(label, label) for label in BUDGETS], value="", scale=1,
                           label="…or a time budget", info="sizes the fast recipe to this machine", elem_id="time-budget")
         preset_note = gr.Markdown(PRESETS["report_lenet"].report_finding, elem_id="preset-note")
     estimate_note = gr.Markdown("⏱️ Expected duration: measuring…", elem_id="train-estimate")
-    form: dict[str, gr.components.Component] = {}
+    form: dict[str, gr.components.Component] = {"dataset": dataset}
     with gr.Row():
-        form["model"] = gr.Dropdown(list(MODELS), value=default.model, label=specs["model"].label, scale=1)
+        form["model"] = gr.Dropdown(list(MODELS), value=default.model, label=specs["model"].label, scale=1,
+                                    elem_id="train-model")
         model_note = gr.Markdown(model_info(default.model))
     for row in MAIN_ROWS:
         with gr.Row():
@@ -340,6 +368,8 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
             save_config = gr.DownloadButton("Save config (JSON)")
             load_config = gr.UploadButton("Load config", file_types=[".json"])
     assert set(form) == set(FIELDS), "every setting has a widget"
+    demo.load(lambda: gr.update(choices=start_from_choices(ctx)), None, form["init_from"], api_name=False,
+              queue=False)
     inputs = [form[f] for f in FIELDS]
 
     def form_values(data: dict) -> dict:
@@ -369,9 +399,11 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
                         status=status, log=log, download=download, start=start_btn, stop=stop_btn,
                         run_status=run_status)
 
-    preset.change(guarded(apply_preset), preset, [budget, preset_note, *inputs], show_progress="hidden",
+    recipe = [form[f] for f in RECIPE_FIELDS]
+    preset.change(guarded(apply_preset), preset, [budget, preset_note, *recipe], show_progress="hidden",
                   api_name="apply_preset")
-    budget.change(guarded(lambda label: apply_budget(ctx, label)), budget, [preset, preset_note, *inputs],
+    budget.change(guarded(lambda label, data_set: apply_budget(ctx, label, data_set)), [budget, dataset],
+                  [preset, preset_note, *recipe],
                   show_progress="minimal", api_name=False, concurrency_limit=1, concurrency_id="measure")
     gr.on([demo.load, *(c.change for c in inputs)], guarded(lambda data: estimate_markdown(ctx, form_values(data))),
           set(inputs), estimate_note, show_progress="hidden", api_name=False, trigger_mode="always_last",

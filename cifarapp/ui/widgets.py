@@ -11,13 +11,15 @@ from gradio.utils import get_upload_folder
 from .context import AppContext
 from .guard import plain_error
 
-# the largest upload Gradio accepts (launch's max_file_size) and any file the handlers read
+# the largest file the handlers read (an image, a config), and the largest zip of an image set,
+# which is also the largest upload Gradio accepts (launch's max_file_size)
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_ZIP_BYTES = 200 * 1024 * 1024
 
 
-def uploaded_file(path) -> Path:
-    """`path` if it is a regular file that Gradio stored in its upload folder, else a plain error.
-    Handlers open only such files: a path a client names is never read."""
+def uploaded_file(path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
+    """`path` if it is a regular file of at most `max_bytes` that Gradio stored in its upload
+    folder, else a plain error. Handlers open only such files: a path a client names is never read."""
     try:
         resolved = Path(path).resolve()
         inside = resolved.is_relative_to(Path(get_upload_folder()).resolve())
@@ -26,8 +28,8 @@ def uploaded_file(path) -> Path:
         inside, info = False, None
     if not inside or info is None or not stat.S_ISREG(info.st_mode):
         raise plain_error("That is not a file uploaded to this app; upload it through the page or the API client.")
-    if info.st_size > MAX_UPLOAD_BYTES:
-        raise plain_error(f"That file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+    if info.st_size > max_bytes:
+        raise plain_error(f"That file is larger than {max_bytes // 2**20} MB.")
     return resolved
 
 
@@ -52,7 +54,7 @@ class UploadImage(gr.Image):
         path = uploaded_file(getattr(payload, "path", None))
         try:
             return super().preprocess(payload)
-        except Exception:  # noqa: BLE001 - Pillow raises many types; predict.preprocess explains them
+        except Exception:  # noqa: BLE001 - Pillow raises many types; images.preprocess explains them
             return str(path)
 
 
