@@ -18,9 +18,9 @@ import os
 # during training on 2 cores); passive waiting must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cifarapp.sources import DataSource, add_data_options  # noqa: E402
 from cifarapp.limits import Limits  # noqa: E402
 from cifarapp.manager import RunRules  # noqa: E402
+from cifarapp.sources import DataSource, add_data_options  # noqa: E402
 from cifarapp.ui import AppContext, build_app, launch  # noqa: E402
 
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
@@ -56,7 +56,8 @@ def main(argv=None) -> None:
     limits = Limits.create(args.max_runs_per_hour, args.max_uploads_per_minute, args.max_polls_per_second)
     ctx = AppContext.create(args.runs_dir, DataSource.from_args(args),
                             max_active=args.max_trainers,
-                            rules=RunRules(args.abandon_after, args.max_run_minutes * 60 if args.max_run_minutes else None),
+                            rules=RunRules(args.abandon_after,
+                                           args.max_run_minutes * 60 if args.max_run_minutes else None),
                             limits=limits, cache_max_age_s=args.cache_max_age)
     launch(build_app(ctx), ctx, server_name=args.host, server_port=args.port)
 

@@ -51,7 +51,7 @@ def main() -> None:
     step_s = timed(step)
     print(f"fastnet width {args.width}, batch {args.batch}: training step {step_s * 1000:.1f} ms")
     for names in (("crop", "flip"), tuple(AUGMENTATIONS)):
-        aug_s = timed(lambda: norm.apply(augment_batch(images.float().div(255), names, gen)))
+        aug_s = timed(lambda names=names: norm.apply(augment_batch(images.float().div(255), names, gen)))
         print(f"augment {'+'.join(names)}: {aug_s * 1000:.1f} ms = {aug_s / (step_s + aug_s):.1%} of an "
               f"augmented step")
 

@@ -67,17 +67,17 @@ def main() -> None:
         w = torch.randn(cout, cin, 3, 3).to(torch.bfloat16).contiguous(memory_format=cl)
         grad = torch.randn(args.batch_size, cout, side, side).to(torch.bfloat16).contiguous(memory_format=cl)
 
-        def backward(mask: tuple[bool, bool, bool]):
+        def backward(mask: tuple[bool, bool, bool], grad=grad, x=x, w=w):
             return lambda: torch.ops.aten.convolution_backward(
                 grad, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
 
         reference = backward((False, True, False))()[1].float()
         error = (weight_grad_as_matmul(grad, x).float() - reference).norm() / reference.norm()
         assert error < 1e-2, f"the matmul weight gradient disagrees with aten's (relative error {error:.2g})"
-        times = (timed_ms(lambda: F.conv2d(x, w, padding=1), args.repeats),
+        times = (timed_ms(lambda x=x, w=w: F.conv2d(x, w, padding=1), args.repeats),
                  timed_ms(backward((True, False, False)), args.repeats),
                  timed_ms(backward((False, True, False)), args.repeats),
-                 timed_ms(lambda: weight_grad_as_matmul(grad, x), args.repeats))
+                 timed_ms(lambda grad=grad, x=x: weight_grad_as_matmul(grad, x), args.repeats))
         totals = [t + s for t, s in zip(totals, times)]
         gflop = 2 * args.batch_size * side * side * cin * cout * 9 / 1e9
         print(f"{f'{cin}->{cout} at {side}x{side}':<22} {times[0]:>10.1f} {times[1]:>14.1f} {times[2]:>15.1f} "

@@ -24,8 +24,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 import numpy as np
 from PIL import Image
 
@@ -35,6 +33,8 @@ from cifarapp.evaluate import evaluate
 from cifarapp.hardware import Measurements, machine_header
 from cifarapp.predict import predict
 from cifarapp.weights import default_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def photo_bytes() -> bytes:

@@ -96,7 +96,8 @@ def main() -> None:
 
     finals = [rows[-1] for rows in per_seed]
     print(f"{args.seeds} run(s); final test accuracy "
-          f"{mean_std([100 * r['test_acc'] for r in finals])}%; training time {mean_std([r['train_s'] for r in finals])} s")
+          f"{mean_std([100 * r['test_acc'] for r in finals])}%; "
+          f"training time {mean_std([r['train_s'] for r in finals])} s")
     for mode in args.tta:
         print(f"final test accuracy with {mode} TTA: {mean_std([100 * r[f'test_acc_{mode}'] for r in finals])}%")
     hits = {}
@@ -113,7 +114,8 @@ def main() -> None:
               f"to 78%")
         if hits[TARGETS[0]]:
             ours = statistics.mean(hits[TARGETS[0]])
-            print(f"to 78.5%: {ours:.1f} s against {report_s:.0f} s: {report_s / ours:.1f}x faster than the report's recipe")
+            print(f"to 78.5%: {ours:.1f} s against {report_s:.0f} s: "
+                  f"{report_s / ours:.1f}x faster than the report's recipe")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": config.to_dict(), "load_s": load_s, "runs": per_seed},
                                               indent=2))

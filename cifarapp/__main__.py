@@ -13,22 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoints
+from .config import ConfigError, TrainConfig, cli_command, settings
 from .data import DataUnavailableError
-from .imagesets import ImageSetError, load_image_set
-from .library import ImageSetLibrary
-from .sources import DataSource, add_data_options, add_image_set_options
 from .estimate import BUDGETS, duration_on, format_duration, plan_for_budget, remaining_seconds
 from .evaluate import evaluate
 from .files import atomic_write_text
 from .hardware import Measurements
-from .inference import TTA_MODES
 from .images import ImageError
+from .imagesets import ImageSetError, load_image_set
+from .inference import TTA_MODES
+from .library import ImageSetLibrary
 from .predict import predict, top_k
 from .presets import BUDGET_BASE, PRESETS
 from .runs import RunDir, RunError, RunStore, execute_run, new_run_id, starting_checkpoint
-from .config import ConfigError, TrainConfig, cli_command, settings
+from .sources import DataSource, add_data_options, add_image_set_options
 from .train import EndEvent, EpochEvent, StartEvent, StepEvent, TrainingError, check_fit
 from .weights import default_checkpoint, export_shipped
+
 
 def print_progress(done: int, total: int, what: str = "preparing images") -> None:
     """A one-line progress counter on stderr."""

@@ -34,13 +34,9 @@ class ModelCatalog:
         items = [(f"shipped: {m.name} (CIFAR-10, {m.test_accuracy:.1%} test acc)", SHIPPED_PREFIX + m.name)
                  for m in shipped_models(self.weights_dir)]
         for run in self.manager.list_runs():
-            run_dir = self.manager.run_dir(run.run_id)
-            if run_dir.checkpoint.is_file():
+            if self.manager.run_dir(run.run_id).checkpoint.is_file():
                 best = f", best val {run.best_val_acc:.1%}" if run.best_val_acc is not None else ""
-                dataset = self.manager.store.status(run_dir).get("dataset") or {}
-                knows = (f"{dataset.get('name', 'CIFAR-10')}: {len(dataset.get('classes', ())) or 10} classes"
-                         if isinstance(dataset, dict) else "")
-                items.append((f"run: {run.run_id} ({knows}; {run.status}{best})", RUN_PREFIX + run.run_id))
+                items.append((f"run: {run.run_id} ({run.dataset}; {run.status}{best})", RUN_PREFIX + run.run_id))
         return items
 
     def default_key(self) -> str | None:

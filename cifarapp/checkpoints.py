@@ -95,7 +95,7 @@ class LoadedModel:
 
     @classmethod
     def from_payload(cls, payload: dict, device: str = "auto", precision: str = "auto",
-                     measurements: Measurements | None = None) -> "LoadedModel":
+                     measurements: Measurements | None = None) -> LoadedModel:
         """Build the model of a checkpoint dict on `device` in the precision and layout that run
         it fastest there (see `hardware.choose`)."""
         try:

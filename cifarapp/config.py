@@ -158,7 +158,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """Build from a dict of any origin (JSON file, form, API call): unknown keys and values of
         the wrong type raise ConfigError naming each problem."""
         if not isinstance(values, dict):
@@ -177,7 +177,7 @@ class TrainConfig:
             raise ConfigError(problems)
         return cls(**kwargs)
 
-    def validate(self, n_train_available: int | None = None) -> "TrainConfig":
+    def validate(self, n_train_available: int | None = None) -> TrainConfig:
         """Return self if every value is usable, else raise ConfigError listing every problem.
         `n_train_available` (the training set size) enables the size checks."""
         p: list[str] = []
@@ -187,7 +187,8 @@ class TrainConfig:
             if spec.choices:
                 bad = [v for v in (value if isinstance(value, (tuple, list)) else (value,)) if v not in spec.choices]
                 if bad:
-                    p.append(f"unknown {name} {', '.join(quote(v) for v in bad)}; choose from {', '.join(spec.choices)}")
+                    p.append(f"unknown {name} {', '.join(quote(v) for v in bad)}; "
+                             f"choose from {', '.join(spec.choices)}")
             elif isinstance(value, (int, float)) and not isinstance(value, bool) and not spec.in_range(value):
                 p.append(f"{name} must be {spec.range_text()}, got {number(value)}")
         p += self._relations()
@@ -213,7 +214,8 @@ class TrainConfig:
             p.append(f"warm-up epochs must be between 0 and the number of epochs, got {self.warmup_epochs:g}")
         # epoch counts of features only some models have: (field, ModelSpec flag, what it needs)
         for name, flag, needs in (("stem_bias_epochs", "whitening_stem", "a whitening stem"),
-                                  ("low_res_epochs", "any_input_size", "global pooling, so that it takes any image size")):
+                                  ("low_res_epochs", "any_input_size",
+                                   "global pooling, so that it takes any image size")):
             value = getattr(self, name)
             words = TrainConfig.__dataclass_fields__[name].metadata["setting"].name or name.replace("_", " ")
             if value > self.epochs:

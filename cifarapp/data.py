@@ -95,13 +95,13 @@ class ImageData:
     val_images: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     test_name: str = "test set"  # what the evaluation images are, for messages
-    normalization: "Normalization" = field(default_factory=lambda: Normalization())
+    normalization: Normalization = field(default_factory=lambda: Normalization())
     content_hash: str = ""
     warnings: tuple[str, ...] = ()  # problems found while preparing a user's image set
 
     @classmethod
     def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                    y_test: np.ndarray, classes, source: str, note: str = "") -> "ImageData":
+                    y_test: np.ndarray, classes, source: str, note: str = "") -> ImageData:
         """Build from HWC uint8 arrays as stored in the npz and in torchvision's archive."""
         return cls(
             train_images=hwc_to_tensor(x_train),
@@ -142,11 +142,11 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
+    def from_dict(cls, d: dict) -> Normalization:
         return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
 
     @classmethod
-    def of_images(cls, images: torch.Tensor) -> "Normalization":
+    def of_images(cls, images: torch.Tensor) -> Normalization:
         """The per-channel mean and std of uint8 images [N, 3, H, W] (statistics of a training set)."""
         pixels = images.permute(1, 0, 2, 3).reshape(3, -1)
         mean = torch.zeros(3, dtype=torch.float64)

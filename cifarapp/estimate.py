@@ -11,9 +11,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from .hardware import Compute, Measurements, Workload
 from .config import TrainConfig
 from .data import ImageData
+from .hardware import Compute, Measurements, Workload
 from .train import steps_per_epoch, training_compute
 
 # validation runs at this batch size (inference.batched_logits' default)
@@ -163,7 +163,8 @@ def _fill(budget_s: float, base: TrainConfig, width: float, estimate) -> BudgetP
     if one.seconds > budget_s:  # train and validate on a share of the images
         fixed = SETUP_S + PER_EPOCH_S
         share = max(0.05, (budget_s - fixed) / max(one.seconds - fixed, 1e-9))
-        config = replace(budget_recipe(base, width, 1, 0, train_size=max(base.batch_size, int(one.train_images * share))),
+        config = replace(budget_recipe(base, width, 1, 0,
+                                       train_size=max(base.batch_size, int(one.train_images * share))),
                          val_size=int(base.val_size * share))
         return BudgetPlan(config, estimate(config), budget_s)
     best = BudgetPlan(budget_recipe(base, width, 1, 0), one, budget_s)

@@ -52,7 +52,8 @@ def open_image(source: str | Path | bytes | Image.Image, side: int = SIDE, name:
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{name}: image is too large ({exc}); the limit is {MAX_PIXELS:,} pixels") from exc
         except UnidentifiedImageError as exc:
-            raise ImageError(f"{name}: not an image file Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF ...)") from exc
+            raise ImageError(f"{name}: not an image file Pillow can read "
+                             "(PNG, JPEG, GIF, BMP, WebP, TIFF ...)") from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{name}: the image data is damaged or truncated ({exc})") from exc
     return image

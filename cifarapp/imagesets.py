@@ -22,10 +22,10 @@ import secrets
 import stat
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -127,7 +127,8 @@ def _check_entries(infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
         total += info.file_size
         compressed += info.compress_size
     if total > limits.max_total_bytes:
-        raise ImageSetError(f"the zip expands to {total / 2**30:.1f} GB; at most {limits.max_total_bytes / 2**30:.0f} GB")
+        raise ImageSetError(f"the zip expands to {total / 2**30:.1f} GB; "
+                            f"at most {limits.max_total_bytes / 2**30:.0f} GB")
     if total > 2**20 and total > limits.max_ratio * max(compressed, 1):
         raise ImageSetError("the zip expands more than a zip of images can; it looks like a zip bomb")
 
@@ -346,7 +347,8 @@ def prepare(scan: Scan, image_size: int = 32, cache_dir: str | Path | None = Non
 
 
 def _cache_key(scan: Scan, entries, image_size: int) -> str:
-    listing = [(split, label, str(path.relative_to(scan.root)), *_size_and_time(path)) for split, label, path in entries]
+    listing = [(split, label, str(path.relative_to(scan.root)), *_size_and_time(path))
+               for split, label, path in entries]
     text = json.dumps([CACHE_VERSION, image_size, list(scan.classes), listing])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from .data import Normalization, to_model_input
 from .hardware import Compute
+
 # Test-time augmentation: logits averaged over views of each image.
 TTA_MODES = {
     "none": "the image as it is",

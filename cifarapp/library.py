@@ -14,17 +14,16 @@ import threading
 import unicodedata
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .files import atomic_write, atomic_write_text
 from .images import ImageError, array_to_image, open_image, to_rgb
-from .imagesets import (IMAGE_SUFFIXES, MAX_CLASSES, ImageSet, ImageSetError, extract_zip, load_image_set,
-                        scan_folder)
+from .imagesets import IMAGE_SUFFIXES, MAX_CLASSES, ImageSet, ImageSetError, extract_zip, load_image_set, scan_folder
 
 UPLOADED, COLLECTED = "uploaded", "collected"
 KEY_PATTERN = re.compile(rf"({UPLOADED}/zip-[0-9a-f]{{16}}|{COLLECTED}/[0-9a-f]{{16}})")
@@ -60,7 +59,8 @@ def clean_name(text, what: str = "name") -> str:
     if len(name) > MAX_NAME_CHARS or any(c in name for c in '/\\:*?"<>|') or name.startswith(".") or \
             any(unicodedata.category(c).startswith("C") for c in name):
         raise ImageSetError(f"{name[:MAX_NAME_CHARS]!r} cannot be a {what}: use at most {MAX_NAME_CHARS} letters, "
-                            "digits, spaces and simple punctuation, not starting with a dot and without / \\ : * ? \" < > |")
+                            "digits, spaces and simple punctuation, not starting with a dot "
+                            "and without / \\ : * ? \" < > |")
     return name
 
 
@@ -141,7 +141,8 @@ class ImageSetLibrary:
         collection (made if new): (how many were added, a message per image that was not)."""
         folder = self.folder(key, owner)
         if not key.startswith(COLLECTED + "/"):
-            raise ImageSetError("images can only be added to a data set collected here; an uploaded zip stays as it was")
+            raise ImageSetError("images can only be added to a data set collected here; "
+                                "an uploaded zip stays as it was")
         class_name = clean_name(class_name, "class name")
         existing = {p.name.casefold(): p for p in folder.iterdir() if p.is_dir()}
         class_folder = existing.get(class_name.casefold(), folder / class_name)
@@ -162,7 +163,7 @@ class ImageSetLibrary:
             class_folder.mkdir(exist_ok=True)
             target = class_folder / f"{hashlib.sha256(png).hexdigest()[:20]}.png"
             if not target.exists():  # the same picture twice is kept once
-                atomic_write(target, lambda fh: fh.write(png))
+                atomic_write(target, lambda fh, png=png: fh.write(png))
                 added += 1
         return added, problems
 

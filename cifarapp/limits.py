@@ -72,7 +72,7 @@ class Limits:
 
     @classmethod
     def create(cls, runs_per_hour: int | None, uploads_per_minute: int | None,
-               polls_per_second: int | None) -> "Limits":
+               polls_per_second: int | None) -> Limits:
         per_address = runs_per_hour * RUNS_PER_ADDRESS_FACTOR if runs_per_hour is not None else None
         return cls(RateLimit(runs_per_hour, 3600, "runs started"),
                    RateLimit(per_address, 3600, "runs started from this network address"),

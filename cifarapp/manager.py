@@ -9,17 +9,26 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .config import TrainConfig
 from .data import ImageData
 from .estimate import format_duration, remaining_seconds
 from .hardware import Measurements
 from .library import ImageSetLibrary
-from .runs import (ACTIVE_STATUSES, RunDir, RunError, RunSnapshot, RunStore, RunSummary, execute_run, new_run_id,
-                   owner_key)
+from .runs import (
+    ACTIVE_STATUSES,
+    RunDir,
+    RunError,
+    RunSnapshot,
+    RunStore,
+    RunSummary,
+    execute_run,
+    new_run_id,
+    owner_key,
+)
 from .train import EpochEvent, Event, StartEvent, StepEvent, check_fit
 
 

@@ -13,8 +13,8 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import logging
 import json
+import logging
 import os
 import re
 import secrets
@@ -22,17 +22,17 @@ import shutil
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import checkpoints
+from .config import TrainConfig
 from .data import ImageData
 from .files import atomic_write_text
 from .hardware import Measurements
-from .config import TrainConfig
-from .weights import WEIGHTS_DIR, shipped_models
 from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, fit
+from .weights import WEIGHTS_DIR, shipped_models
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # matched in full
 METRIC_COLUMNS = ("kind", "epoch", "step", "total_steps", "loss", "lr", "images_per_s", "elapsed_s",
@@ -252,7 +252,7 @@ class RunSummary:
     epochs_done: int
     duration_s: float | None
     test_acc: float | None
-
+    dataset: str = "CIFAR-10"  # the data set's name and class count, as lists show it
 
 
 
@@ -312,9 +312,13 @@ class RunStore:
         """A row of the runs table."""
         accs = [e["val_acc"] for e in snap.epochs if isinstance(e.get("val_acc"), (int, float))]
         duration = (snap.ended or time.time()) - snap.started if isinstance(snap.started, (int, float)) else None
-        test = _read_json(self.run_dir(snap.run_id).path / "evaluation.json").get("accuracy")
+        run_dir = self.run_dir(snap.run_id)
+        test = _read_json(run_dir.path / "evaluation.json").get("accuracy")
+        dataset = run_dir.read_status().get("dataset")
+        named = (f"{dataset.get('name', 'CIFAR-10')} ({len(dataset.get('classes') or ()) or 10} classes)"
+                 if isinstance(dataset, dict) else "CIFAR-10 (10 classes)")
         return RunSummary(snap.run_id, snap.config.get("model", "?"), snap.status, snap.config,
-                          max(accs) if accs else None, len(snap.epochs), duration, test)
+                          max(accs) if accs else None, len(snap.epochs), duration, test, named)
 
     def list_runs(self) -> list[RunSummary]:
         """Every run on disk, newest first."""

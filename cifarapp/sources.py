@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from .data import (CACHE_NAME, CIFAR10_TRAIN_SIZE, CIFAR100_CACHE_NAME, DATA_ENV_VAR, DEFAULT_DATA_DIR,
-                   SYNTHETIC_TRAIN_SIZE, ImageData, copy_note, load_cifar10, load_cifar100, synthetic_data)
+from .data import (
+    CACHE_NAME,
+    CIFAR10_TRAIN_SIZE,
+    CIFAR100_CACHE_NAME,
+    DATA_ENV_VAR,
+    DEFAULT_DATA_DIR,
+    SYNTHETIC_TRAIN_SIZE,
+    ImageData,
+    copy_note,
+    load_cifar10,
+    load_cifar100,
+    synthetic_data,
+)
 from .imagesets import ImageSet, is_image_set, load_image_set, scan_folder
 
 SYNTHETIC = "synthetic"
@@ -36,7 +47,7 @@ class DataSource:
     val_fraction: float = 0.2
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DataSource":
+    def from_args(cls, args: argparse.Namespace) -> DataSource:
         """The source that the options of `add_data_options` name."""
         return cls(args.data, args.data_dir, not args.no_download, args.datasets_dir, args.image_size,
                    args.val_fraction)

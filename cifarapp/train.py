@@ -12,9 +12,9 @@ import dataclasses
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,7 @@ class EndEvent:
     kind: str = "end"
 
 
-Event = Union[StartEvent, StepEvent, EpochEvent, EndEvent]
+Event = StartEvent | StepEvent | EpochEvent | EndEvent
 
 
 @dataclass
@@ -110,8 +110,7 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int,
               start_fraction: float = 0.0, end_fraction: float = 0.0) -> float:
     """Multiplier of the base lr at `step` (0-based): linear warm-up from `start_fraction`, then
     constant, linear decay (onecycle) or cosine decay down to `end_fraction`. airbench's
-    triangle is onecycle from 0.2 to 0.07; on fastnet it beat 0-to-0 by 0.66 points in our
-    5-epoch ablation (benchmarks/results/ablation_airbench_details.txt)."""
+    triangle is onecycle from 0.2 to 0.07."""
     if step < warmup_steps:
         return start_fraction + (1 - start_fraction) * (step + 1) / warmup_steps
     if schedule == "constant":

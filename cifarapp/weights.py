@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from . import checkpoints
-from .files import atomic_write_text
 from .data import CIFAR10_CLASSES
 from .evaluate import evaluate
+from .files import atomic_write_text
 from .inference import TTA_MODES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"

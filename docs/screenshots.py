@@ -1,5 +1,6 @@
 """The README's screenshots, from a real run: the app on real CIFAR-10, the `fast` preset trained
-in the Train tab, that run evaluated on the test set, a photo in Predict, and the Runs tab.
+in the Train tab, that run evaluated on the test set, a photo in Predict, and the
+Data panel with an uploaded zip of three classes (CIFAR-10 test images under new names).
 
     python docs/screenshots.py --data PATH [--out assets]
 
@@ -18,9 +19,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
+from PIL import Image
 from playwright.sync_api import sync_playwright
+
+from cifarapp.data import load_cifar10
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -33,6 +38,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def three_class_zip(data_path: str, work: Path) -> Path:
+    """A zip of 60 CIFAR-10 test images each of cat, dog and ship, in class folders named as a user might."""
+    data = load_cifar10(data_path)
+    folder = work / "pets"
+    for cifar, name in (("cat", "chat noir"), ("dog", "Hund"), ("ship", "bateau à voile")):
+        (folder / name).mkdir(parents=True)
+        for i in (data.test_labels == data.classes.index(cifar)).nonzero().flatten()[:60].tolist():
+            Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(folder / name / f"{i}.png")
+    archive = work / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.rglob("*.png")):
+            z.write(path, str(path.relative_to(folder)))
+    return archive
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="CIFAR-10 .npz or torchvision folder")
@@ -42,8 +62,9 @@ def main() -> None:
     out = Path(args.out)
     port = free_port()
     runs = tempfile.mkdtemp(prefix="screenshot-runs-")
-    app = subprocess.Popen([sys.executable, "app.py", "--data", args.data, "--runs-dir", runs, "--host", "127.0.0.1",
-                            "--port", str(port)], cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    app = subprocess.Popen([sys.executable, "app.py", "--data", args.data, "--runs-dir", runs, "--datasets-dir",
+                            str(Path(runs) / "datasets"), "--host", "127.0.0.1", "--port", str(port)],
+                           cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):
@@ -58,11 +79,13 @@ def main() -> None:
             page.set_default_timeout(600_000)
             page.goto(url)
             page.locator("#train-estimate").get_by_text("Expected duration").wait_for()
+            page.get_by_text("Data", exact=True).first.click()  # fold the Data panel: the run is the subject
             page.get_by_label("Preset").click()
             page.get_by_role("option", name=re.compile("fast recipe: 2 epochs")).click()
             page.wait_for_function("document.querySelector('#preset-note')?.innerText.includes('3 seeds')")
             page.get_by_role("button", name="Start training").click()
             page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('finished')")
+            page.evaluate("document.querySelector('#train-status').scrollIntoView({block: 'start'})")
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "screenshot_train.png"), full_page=False)
             run_id = re.search(r"run (\S+) ·", page.locator("#train-status").inner_text()).group(1).strip("`")
@@ -80,15 +103,22 @@ def main() -> None:
             page.get_by_role("option", name=re.compile(run_id)).click()
             page.locator("#predict-image input[type=file]").set_input_files(str(ROOT / "assets/examples/photo_cat.jpg"))
             page.wait_for_function(
-                "(() => { const l = document.querySelector('#predict-label'); return l && /\\d+%/.test(l.innerText); })()")
+                "(() => { const l = document.querySelector('#predict-label'); "
+                "return l && /\\d+%/.test(l.innerText); })()")
             page.locator("#predict-seen img").wait_for()
             page.wait_for_timeout(800)
             page.screenshot(path=str(out / "screenshot_predict.png"), full_page=False)
 
-            page.get_by_role("tab", name="Runs").click()
-            page.wait_for_function(f"document.querySelector('#runs-table')?.innerText.includes('{run_id}')")
+
+            page.goto(url)
+            page.get_by_role("button", name="Start training").wait_for()
+            with page.expect_file_chooser() as chooser:
+                page.locator("#dataset-upload").click()
+            chooser.value.set_files(str(three_class_zip(args.data, Path(runs))))
+            page.wait_for_function("/3 classes/.test(document.querySelector('#dataset-summary')?.innerText || '')")
+            page.locator("#dataset-samples img").first.wait_for()
             page.wait_for_timeout(1500)
-            page.screenshot(path=str(out / "screenshot_runs.png"), full_page=False)
+            page.screenshot(path=str(out / "screenshot_data.png"), full_page=False)
             browser.close()
         print(f"screenshots of run {run_id} written to {out}")
     finally:

@@ -2,8 +2,8 @@
 
 import time
 
-from cifarapp.presets import PRESETS
 from cifarapp.config import TrainConfig
+from cifarapp.presets import PRESETS
 from cifarapp.ui.train_tab import config_to_form
 
 FIELDS = list(TrainConfig().to_dict())  # the Train tab's inputs come in the config's field order

@@ -31,10 +31,18 @@ SERVER_MODULES = {"test_app_api": "server", "test_security": "server", "test_upl
                   "test_load": "load", "test_browser": "browser"}
 
 
+# modules whose tests start processes or train for several seconds each (`-m "not slow"` skips them)
+SLOW_MODULES = {"test_cli", "test_faults", "test_weights"}
+
+
 def pytest_collection_modifyitems(items):
-    """Mark tests that start the app as server, load or browser tests, and all of those as slow."""
+    """Mark tests that start the app as server, load or browser tests, and all of those (and the
+    SLOW_MODULES) as slow."""
     for item in items:
-        kind = SERVER_MODULES.get(item.module.__name__.rsplit(".", 1)[-1])
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        kind = SERVER_MODULES.get(module)
         if kind:
             item.add_marker(getattr(pytest.mark, kind))
             item.add_marker(pytest.mark.server)
@@ -77,8 +85,8 @@ def running_app(tmp: Path, *extra_args: str, env: dict | None = None):
     log = tmp / "app.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data", "synthetic", "--runs-dir",
-                                 str(runs), "--datasets-dir", str(tmp / "datasets"), "--host", "127.0.0.1", "--port", str(port),
-                                 *extra_args],
+                                 str(runs), "--datasets-dir", str(tmp / "datasets"), "--host", "127.0.0.1",
+                                 "--port", str(port), *extra_args],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -89,9 +97,9 @@ def running_app(tmp: Path, *extra_args: str, env: dict | None = None):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"app exited: {log.read_text()[-3000:]}")
+                    raise RuntimeError(f"app exited: {log.read_text()[-3000:]}") from None
                 if time.time() > deadline:
-                    raise RuntimeError("app did not start within 120 s")
+                    raise RuntimeError("app did not start within 120 s") from None
                 time.sleep(0.5)
         yield AppServer(url, runs, proc.pid, log)
     finally:

@@ -3,11 +3,10 @@
 import re
 
 import numpy as np
+from api_helpers import form, poll_until
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-
-from api_helpers import form, poll_until
 
 
 def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):

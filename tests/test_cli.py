@@ -6,10 +6,8 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
-
 from conftest import ROOT
-
+from PIL import Image
 
 ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "CIFARAPP_CACHE_DIR": os.environ["CIFARAPP_CACHE_DIR"]}
 

@@ -53,7 +53,8 @@ def test_tta_modes_average_the_views_computed_by_hand():
     with torch.no_grad():
         plain = model(x)
         mirrored = [(model(v) + model(v.flip(3))) / 2 for v in views]
-    expected = {"none": plain, "flip": mirrored[0], "flip_translate": (mirrored[0] + (mirrored[1] + mirrored[2]) / 2) / 2}
+    expected = {"none": plain, "flip": mirrored[0],
+                "flip_translate": (mirrored[0] + (mirrored[1] + mirrored[2]) / 2) / 2}
     fp32 = Compute(torch.device("cpu"), "fp32", channels_last=True, reason="test")
     for mode in TTA_MODES:
         got = batched_logits(model, images, Normalization(), fp32, batch_size=4, tta=mode)

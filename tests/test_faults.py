@@ -8,10 +8,10 @@ import textwrap
 import time
 
 import pytest
+from conftest import ROOT
 
 from cifarapp import checkpoints
 from cifarapp.manager import RunManager
-from conftest import ROOT
 
 
 def _wait_for(predicate, timeout=120, what="condition"):

@@ -5,17 +5,24 @@ import json
 
 import pytest
 import torch
+from fakes import FakeMeasurements
 
 from cifarapp import hardware
+from cifarapp.config import TrainConfig
 from cifarapp.data import synthetic_data
-from cifarapp.estimate import (BUDGETS, PER_EPOCH_S, SETUP_S, expected_duration, format_duration, plan_for_budget,
-                               remaining_seconds)
+from cifarapp.estimate import (
+    BUDGETS,
+    PER_EPOCH_S,
+    SETUP_S,
+    expected_duration,
+    format_duration,
+    plan_for_budget,
+    remaining_seconds,
+)
 from cifarapp.hardware import Hardware, Measurements, Workload, choose
 from cifarapp.presets import BUDGET_BASE, PRESETS
 from cifarapp.runs import RunDir, execute_run, new_run_id
-from cifarapp.config import TrainConfig
 from cifarapp.train import StartEvent
-from fakes import FakeMeasurements
 
 CPU = torch.device("cpu")
 
@@ -159,7 +166,8 @@ def test_low_res_and_frozen_stem_epochs_use_their_own_throughput():
 def test_budgets_are_filled_and_widen_with_time(scale):
     def speed(work, p, cl):  # a width-0.5 epoch of 45,000 images takes 30 s at scale 1
         per_width = 1500 * scale * (0.5 / work.width) ** 1.5
-        return per_width * ((32 / work.image_size) ** 2 * 0.8 if work.image_size < 32 else 1) * (4 if not work.train else 1)
+        return (per_width * ((32 / work.image_size) ** 2 * 0.8 if work.image_size < 32 else 1)
+                * (4 if not work.train else 1))
 
     base = PRESETS[BUDGET_BASE].config
     widths = []

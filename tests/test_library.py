@@ -6,14 +6,13 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from test_own_images import NEW_NAMES, make_set, zip_folder
 
 from cifarapp.config import TrainConfig
 from cifarapp.imagesets import ImageSetError
 from cifarapp.library import ImageSetLibrary, clean_name
 from cifarapp.manager import RunManager
 from cifarapp.runs import owner_key
-
-from test_own_images import NEW_NAMES, make_set, zip_folder
 
 ADA, BOB = owner_key("ada-token"), owner_key("bob-token")
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from api_helpers import form, poll_until
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from api_helpers import form, poll_until
 from cifarapp.data import CIFAR10_CLASSES
 
 SESSIONS = 20

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import ENV
 
+from cifarapp import checkpoints
 from cifarapp.checkpoints import load_model
 from cifarapp.config import ConfigError, TrainConfig
 from cifarapp.data import CIFAR10_MEAN, Normalization
 from cifarapp.imagesets import load_image_set
-from cifarapp.train import TrainingError, body_parameters, class_weights, fit, transfer_weights
 from cifarapp.models import build_model
+from cifarapp.train import TrainingError, body_parameters, class_weights, fit, transfer_weights
 from cifarapp.weights import default_checkpoint, load_sample
-from cifarapp import checkpoints
-
-from test_cli import ENV
 
 CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # three CIFAR-10 classes under awkward new names (a space, an accent, a capital)
@@ -109,6 +108,7 @@ def test_transfer_loads_the_body_and_makes_a_new_head():
     assert not head & {id(p) for p in body_parameters(model)}
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_the_shipped_model_beats_chance_and_the_frozen_epoch_trains_only_the_head(tmp_path):
     data = load_image_set(make_set(tmp_path / "pets"), tmp_path / "datasets").data
     payload = checkpoints.read(default_checkpoint())
@@ -147,6 +147,7 @@ def cli(*args, cwd):
                           env=ENV, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_from_a_zip_to_predictions_with_the_new_class_names(tmp_path):
     archive = zip_folder(make_set(tmp_path / "pets", per_class=60), tmp_path / "pets.zip")
     inspect = cli("data", "inspect", str(archive), cwd=tmp_path)

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cifarapp import checkpoints
+from cifarapp.config import ConfigError, TrainConfig
 from cifarapp.images import MAX_PIXELS, ImageError, preprocess
 from cifarapp.manager import RunManager
-from cifarapp.config import ConfigError, TrainConfig
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:

@@ -1,13 +1,12 @@
 import json
 import time
 
+import pytest
 import torch
 
-import pytest
-
+from cifarapp.config import ConfigError, TrainConfig
 from cifarapp.manager import BusyError, RunManager, RunRules
 from cifarapp.runs import RunDir, RunError, RunStore
-from cifarapp.config import ConfigError, TrainConfig
 from cifarapp.train import fit
 
 SLOW = dict(model="lenet", epochs=50, batch_size=32, val_size=200)
@@ -29,7 +28,8 @@ def test_run_files_and_snapshot(small_data, runs_root):
     snap = manager.wait(run_id, timeout=120)
     assert snap.status == "finished" and len(snap.epochs) == 2 and snap.has_checkpoint
     folder = runs_root / run_id
-    assert {"config.json", "metrics.csv", "log.txt", "status.json", "checkpoint.pt"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "metrics.csv", "log.txt", "status.json", "checkpoint.pt"} <= {
+        p.name for p in folder.iterdir()}
     assert json.loads((folder / "config.json").read_text())["model"] == "lenet"
     lines = (folder / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("kind,epoch,step") and lines[-1].startswith("end,")
@@ -161,6 +161,7 @@ def test_two_simultaneous_starts_start_exactly_one_run(small_data, runs_root):
     manager.wait(run_id, timeout=60)
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_give_the_numbers_of_one_run_alone(small_data, runs_root):
     """Each run draws from its own generators (order, augmentation, dropout), so runs in
     parallel threads cannot disturb each other's random numbers."""

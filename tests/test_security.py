@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from api_helpers import form, poll_until
+from conftest import running_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-
-from api_helpers import form, poll_until
-from conftest import running_app
 
 LIMITS = ("--max-runs-per-hour", "20", "--max-uploads-per-minute", "1000", "--max-polls-per-second", "5")
 ALICE = "alice-secret-token-123"

@@ -1,16 +1,16 @@
 import math
-from dataclasses import replace
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from cifarapp import checkpoints
+from cifarapp.config import ConfigError, TrainConfig
 from cifarapp.models import build_model
 from cifarapp.predict import predict_pixels
 from cifarapp.presets import PRESETS
-from cifarapp.config import ConfigError, TrainConfig
 from cifarapp.train import EpochEvent, Lookahead, StepEvent, fit, group_lr_scales, lr_factor, make_optimizer
 
 QUICK = dict(model="lenet", epochs=3, batch_size=64, val_size=200, lr=0.002)
@@ -63,6 +63,7 @@ def test_absurd_learning_rate_ends_as_diverged(small_data, tmp_path, optimizer, 
     assert not ckpt.exists(), "a diverged epoch must not overwrite the last good checkpoint"
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_predictions(small_data, tmp_path):
     ckpt = tmp_path / "c.pt"
     result = fit(TrainConfig(**{**QUICK, "epochs": 1, "model": "lenet_bn"}), small_data, checkpoint_path=ckpt)
@@ -147,6 +148,7 @@ def test_low_res_epochs_train_on_small_images_then_full_size(small_data):
     assert result.status == "finished" and result.history[-1]["val_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_compiled_training_step_learns_and_saves_plain_weights(small_data, tmp_path):
     cfg = TrainConfig(**{**QUICK, "model": "fastnet", "width": 0.25, "optimizer": "sgd", "lr": 0.2,
                          "epochs": 2, "batch_size": 100, "compile": True})
@@ -172,6 +174,7 @@ def test_lookahead_pulls_toward_the_average_and_ends_on_it():
     assert model.weight[0, 0].item() == pytest.approx(1 - 0.95 ** 5)
 
 
+@pytest.mark.slow
 def test_fast_preset_recipe_learns_on_a_small_set(small_data):
     cfg = TrainConfig(**{**PRESETS["fast"].config.to_dict(), "epochs": 3, "batch_size": 128, "val_size": 200})
     result = fit(cfg, small_data)
@@ -230,6 +233,7 @@ def test_config_round_trips_through_a_dict():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.slow
 def test_fp16_with_loss_scaling_learns_and_resumes_on_the_cpu(small_data, tmp_path):
     """The GPU's fp16 path (autocast + GradScaler), run on the CPU, where torch supports both."""
     ckpt = tmp_path / "fp16.pt"

@@ -5,10 +5,10 @@ import shlex
 import numpy as np
 import pytest
 
-from cifarapp.__main__ import config_from_args, build_parser
+from cifarapp.__main__ import build_parser, config_from_args
+from cifarapp.config import ConfigError, TrainConfig, cli_command
 from cifarapp.presets import PRESETS
 from cifarapp.runs import RunSnapshot
-from cifarapp.config import ConfigError, TrainConfig, cli_command
 from cifarapp.ui import charts
 from cifarapp.ui.identity import owner_of
 from cifarapp.ui.train_tab import config_to_form, form_to_config, progress_html, status_markdown

@@ -4,10 +4,9 @@ import time
 
 import httpx
 import numpy as np
+from conftest import running_app
 from gradio_client import Client, handle_file
 from PIL import Image
-
-from conftest import running_app
 
 CACHE_AGE_S = 3
 

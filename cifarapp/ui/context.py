@@ -10,14 +10,14 @@ import torch
 
 from ..catalog import ModelCatalog
 from ..checkpoints import LoadedModel
-from ..data import CIFAR10_TRAIN_SIZE, DataUnavailableError
-from ..sources import CIFAR100, DataSource
-from ..hardware import Measurements, detect, resolve_device
 from ..config import TrainConfig
+from ..data import CIFAR10_TRAIN_SIZE, DataUnavailableError
 from ..estimate import Estimate, duration_on, expected_duration
+from ..hardware import Measurements, detect, resolve_device
 from ..library import ImageSetLibrary
 from ..limits import Limits
 from ..manager import RunManager, RunRules
+from ..sources import CIFAR100, DataSource
 from ..weights import load_sample
 
 CIFAR100_KEY = "builtin/cifar100"  # the Data panel's key for CIFAR-100
@@ -47,7 +47,7 @@ class AppContext:
     @classmethod
     def create(cls, runs_root: str | Path = "runs", data_source: DataSource = DataSource(),
                max_active: int = 1, rules: RunRules = RunRules(),
-               limits: Limits | None = None, cache_max_age_s: int = 3600) -> "AppContext":
+               limits: Limits | None = None, cache_max_age_s: int = 3600) -> AppContext:
         library = ImageSetLibrary(data_source.datasets_dir, data_source.image_size, data_source.val_fraction)
         cifar100 = DataSource(CIFAR100, data_source.data_dir, data_source.download)
         manager = RunManager(runs_root, data_source.load, max_active=max_active, rules=rules,
@@ -107,7 +107,7 @@ class AppContext:
         try:
             data = self.manager.data.get() if self.data_source.is_synthetic else self.data_source.load(download=False)
             return EvalSet(data.test_images, data.test_labels,
-                           f"the full test set ({len(data.test_labels):,} images from {data.source})"
+                           f"the full {data.name} test set ({len(data.test_labels):,} images)"
                            + (f". {data.note}" if data.note else ""), full=True)
         except DataUnavailableError:
             images, labels = load_sample()

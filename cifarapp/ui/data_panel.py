@@ -15,15 +15,15 @@ from ..imagesets import ImageSet, ImageSetError
 from ..library import ImageSetLibrary
 from ..limits import RateLimited
 from ..runs import owner_key
-from . import charts
 from ..sources import CIFAR100, DataSource
+from . import charts
 from .context import CIFAR100_KEY, AppContext
 from .guard import guarded, plain_error, short, text_list
 from .identity import client_address, owner_of
 from .widgets import MAX_ZIP_BYTES, uploaded_file
 
 DEFAULT_CHOICE = ""
-SAMPLES_PER_CLASS = 6
+SAMPLES_PER_CLASS = 5
 SAMPLE_CLASSES = 12  # the sample grid shows at most this many classes
 MAX_FILES_PER_ADD = 200
 EXPORT_DIR = Path(tempfile.gettempdir()) / "cifarapp-datasets"
@@ -38,7 +38,8 @@ def _library(ctx: AppContext) -> ImageSetLibrary:
 def _owner(token, profile) -> str:
     identity = owner_of(token, profile)
     if identity is None:
-        raise plain_error("Reload the page: this browser has no identity yet, and data sets belong to whoever adds them.")
+        raise plain_error("Reload the page: this browser has no identity yet, "
+                          "and data sets belong to whoever adds them.")
     return owner_key(identity)
 
 
@@ -88,7 +89,8 @@ def counts_figure(image_set: ImageSet):
     if data.test_name == "test set":
         splits["test"] = data.test_labels
     n = len(data.classes)
-    return charts.class_counts_figure(data.classes, {s: torch.bincount(y, minlength=n).tolist() for s, y in splits.items()})
+    return charts.class_counts_figure(data.classes,
+                                      {s: torch.bincount(y, minlength=n).tolist() for s, y in splits.items()})
 
 
 def sample_gallery(image_set: ImageSet) -> list[tuple[np.ndarray, str]]:
@@ -165,7 +167,7 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
             upload = gr.UploadButton("Upload a .zip of class folders", file_types=[".zip"], scale=1,
                                      elem_id="dataset-upload")
         summary = gr.Markdown(describe(ctx, None, DEFAULT_CHOICE)[0], elem_id="dataset-summary")
-        with gr.Row():
+        with gr.Row(visible=False) as overview:  # shown for an image set
             counts = gr.Plot(label="Images per class", elem_id="dataset-counts", scale=1)
             samples = gr.Gallery(label="Samples per class (as the model sees them)", columns=SAMPLES_PER_CLASS,
                                  height="auto", elem_id="dataset-samples", scale=1)
@@ -186,6 +188,10 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
     def refresh(token, profile: gr.OAuthProfile | None, value=DEFAULT_CHOICE):
         return gr.update(choices=dataset_choices(ctx, token, profile), value=value)
 
+    def shown(text, figure, gallery) -> tuple:
+        """The outputs [summary, counts, samples, overview] of a described data set."""
+        return text, figure, gallery, gr.update(visible=figure is not None)
+
     @guarded
     def on_load(token, profile: gr.OAuthProfile | None = None):
         return refresh(token, profile)
@@ -194,10 +200,10 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
 
     @guarded
     def on_select(token, key, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
-        return describe(ctx, token, key, profile, lambda done, total: progress(done / max(total, 1),
-                                                                              desc="Preparing images"))
+        return shown(*describe(ctx, token, key, profile, lambda done, total: progress(done / max(total, 1),
+                                                                                     desc="Preparing images")))
 
-    dataset.change(on_select, [owner, dataset], [summary, counts, samples], api_name="describe_dataset",
+    dataset.change(on_select, [owner, dataset], [summary, counts, samples, overview], api_name="describe_dataset",
                    concurrency_limit=2, concurrency_id="prepare")
 
     @guarded
@@ -218,11 +224,12 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
     def on_add(token, key, name, chosen, frame, request: gr.Request, profile: gr.OAuthProfile | None = None):
         status = add_to_class(ctx, token, key, name, chosen, frame, request, profile)
         # the choice stays the same set, so its change event does not fire: describe it here
-        return refresh(token, profile, key), status, None, None, *describe(ctx, token, key, profile)
+        return refresh(token, profile, key), status, None, None, *shown(*describe(ctx, token, key, profile))
 
     add.click(on_add, [owner, dataset, class_name, files, snapshot],
-              [dataset, collect_status, files, snapshot, summary, counts, samples], api_name="add_images",
+              [dataset, collect_status, files, snapshot, summary, counts, samples, overview], api_name="add_images",
               concurrency_limit=2, concurrency_id="prepare")
+
     @guarded
     def on_download(token, key, profile: gr.OAuthProfile | None = None):
         return export_zip(ctx, token, key, profile)

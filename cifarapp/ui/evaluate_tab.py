@@ -68,7 +68,7 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
         head = (f"### Accuracy {result.accuracy:.2%}\n{result.n_images:,} images · loss {result.loss:.4f}"
                 f"{f' · {tta_mode} TTA' if tta_mode != 'none' else ''}")
         kept = " The test accuracy is kept with the run (Runs tab)." if recorded else ""
-        return (f"Evaluated on {where}.{kept}", head, table, table[["class", "accuracy"]],
+        return (f"Evaluated on {where.rstrip('.')}.{kept}", head, table, table[["class", "accuracy"]],
                 charts.confusion_figure(result.confusion, result.classes), gallery)
 
     # one evaluation at a time (see charts.pixels_html on cached outputs); every client goes

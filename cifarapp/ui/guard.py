@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import gradio as gr
 
@@ -87,10 +88,10 @@ class SafeBlocks(gr.Blocks):
       file that was not uploaded through the app, a file value without its marker, a NaN in an
       integer field, a choice that is not offered, too few values) otherwise print a traceback
       for every hostile request.
-    - A session's copy of the app no longer grows with every poll. Gradio answers a skipped
+    - A session's copy of the app does not grow with every poll. Gradio answers a skipped
       output by making a fresh component for the session, and when that output next gets a value
       it files the fresh component under its own new id: each skip-then-value of the Train tab's
-      plots left a component with its plot data in the session (60 MB per 1,000 polls).
+      plots would leave a component with its plot data in the session (60 MB per 1,000 polls).
     """
 
     async def postprocess_data(self, block_fn, predictions, state):

@@ -8,8 +8,8 @@ import gradio as gr
 import numpy as np
 
 from ..checkpoints import CheckpointError
-from ..limits import RateLimited
 from ..images import ImageError, preprocess
+from ..limits import RateLimited
 from ..predict import predict_pixels
 from . import charts
 from .context import ASSETS_DIR, AppContext

@@ -13,7 +13,7 @@ from .guard import guarded, text_list, text_value
 from .identity import owner_of
 
 # short headers: the table is narrow, and a long header breaks mid-word
-COLUMNS = ["run", "model", "status", "optim.", "lr", "epochs", "batch", "augment", "best val", "test", "time"]
+COLUMNS = ["run", "data", "model", "status", "optim.", "lr", "epochs", "batch", "augment", "best val", "test", "time"]
 MAX_OVERLAY = 8
 
 
@@ -21,7 +21,7 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
     rows = []
     for r in ctx.manager.list_runs():
         c = r.config
-        rows.append([r.run_id, r.model, r.status, c.get("optimizer"), c.get("lr"),
+        rows.append([r.run_id, r.dataset, r.model, r.status, c.get("optimizer"), c.get("lr"),
                      f"{r.epochs_done}/{c.get('epochs')}", c.get("batch_size"), ",".join(c.get("augment") or []),
                      None if r.best_val_acc is None else round(r.best_val_acc, 4),
                      None if r.test_acc is None else round(r.test_acc, 4), format_duration(r.duration_s)])

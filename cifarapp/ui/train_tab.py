@@ -20,16 +20,16 @@ import gradio as gr
 
 from ..config import ConfigError, TrainConfig, cli_command, settings
 from ..data import AUGMENTATIONS, DataUnavailableError
-from ..files import atomic_write_text
 from ..estimate import BUDGETS, format_duration, plan_for_budget, remaining_seconds
-from ..limits import RateLimited
+from ..files import atomic_write_text
 from ..imagesets import ImageSetError
+from ..limits import RateLimited
+from ..manager import BusyError
 from ..models import MODELS, registered_parameter_count
 from ..presets import BUDGET_BASE, PRESETS
-from ..manager import BusyError
 from ..runs import RunError, RunSnapshot
-from ..weights import shipped_models
 from ..train import TrainingError
+from ..weights import shipped_models
 from . import charts, data_panel
 from .context import AppContext, hardware_summary
 from .guard import guarded, plain_error, short, text_value
@@ -88,7 +88,8 @@ def config_to_form(config: TrainConfig, fields: list[str] = FIELDS) -> list:
 def status_markdown(snap: RunSnapshot) -> str:
     icon = STATUS_ICONS.get(snap.status, "•")
     cfg = snap.config
-    head = f"{icon} **{snap.status}** · run `{snap.run_id}` · {cfg.get('model')} · {cfg.get('optimizer')} lr {cfg.get('lr')}"
+    head = (f"{icon} **{snap.status}** · run `{snap.run_id}` · {cfg.get('model')} · "
+            f"{cfg.get('optimizer')} lr {cfg.get('lr')}")
     if snap.message and snap.status != "running":
         head += f"\n\n{snap.message}"
     elif snap.compute:
@@ -122,7 +123,7 @@ def start_from_choices(ctx: AppContext) -> list[tuple[str, str]]:
     choices = [("random initial weights", "")]
     choices += [(f"shipped {m.name} ({len(m.card.get('classes', [])) or 10} classes)", m.name)
                 for m in shipped_models()]
-    choices += [(f"run {run.run_id} ({run.status})", run.run_id) for run in ctx.manager.list_runs()
+    choices += [(f"run {run.run_id} ({run.dataset}, {run.status})", run.run_id) for run in ctx.manager.list_runs()
                 if ctx.manager.run_dir(run.run_id).checkpoint.is_file()]
     return choices
 
@@ -321,8 +322,8 @@ def _widget(name: str, spec, default):
         return gr.Checkbox(default, label=spec.label, info=info)
     if isinstance(default, tuple):
         notes = CHOICE_NOTES.get(name, {})
-        return gr.CheckboxGroup([(f"{c}: {notes[c]}" if c in notes else c, c) for c in spec.choices], value=list(default),
-                             label=spec.label)
+        return gr.CheckboxGroup([(f"{c}: {notes[c]}" if c in notes else c, c) for c in spec.choices],
+                                value=list(default), label=spec.label)
     if spec.choices:
         return gr.Dropdown(list(spec.choices), value=default, label=spec.label, info=info)
     if isinstance(default, str):  # a name from a list that grows (start from: shipped models and runs)
@@ -343,9 +344,11 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
     dataset = data_panel.build(ctx, owner, demo)
     gr.Markdown(f"Hardware (device *auto*): **{hardware_summary()}**.")
     with gr.Row():
-        preset = gr.Dropdown([(p.title, p.name) for p in PRESETS.values()], value="report_lenet", label="Preset", scale=2)
+        preset = gr.Dropdown([(p.title, p.name) for p in PRESETS.values()], value="report_lenet", label="Preset",
+                             scale=2)
         budget = gr.Dropdown([("none", "")] + [(label, label) for label in BUDGETS], value="", scale=1,
-                          label="…or a time budget", info="sizes the fast recipe to this machine", elem_id="time-budget")
+                             label="…or a time budget", info="sizes the fast recipe to this machine",
+                             elem_id="time-budget")
         preset_note = gr.Markdown(PRESETS["report_lenet"].report_finding, elem_id="preset-note")
     estimate_note = gr.Markdown("⏱️ Expected duration: measuring…", elem_id="train-estimate")
     form: dict[str, gr.components.Component] = {"dataset": dataset}
