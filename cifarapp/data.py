@@ -468,5 +468,6 @@ def synthetic_data(n_train: int = 2000, n_test: int = 500, seed: int = 0, classe
 
     x_train, y_train = make(n_train)
     x_test, y_test = make(n_test)
-    return ImageData.from_arrays(x_train, y_train, x_test, y_test, CIFAR10_CLASSES[:classes],
+    data = ImageData.from_arrays(x_train, y_train, x_test, y_test, CIFAR10_CLASSES[:classes],
                                  source=f"synthetic(seed={seed})")
+    return dataclasses.replace(data, name="synthetic shapes")

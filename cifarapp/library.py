@@ -46,7 +46,8 @@ class LibraryEntry:
     def label(self) -> str:
         total = sum(self.counts.values())
         kind = "uploaded zip" if self.kind == UPLOADED else "collected here"
-        return f"{self.name} ({len(self.counts)} classes, {total:,} images; {kind})"
+        classes = f"{len(self.counts)} class{'es' if len(self.counts) != 1 else ''}"
+        return f"{self.name} ({classes}, {total:,} image{'s' if total != 1 else ''}; {kind})"
 
 
 def clean_name(text, what: str = "name") -> str:
@@ -162,9 +163,11 @@ class ImageSetLibrary:
                 continue
             class_folder.mkdir(exist_ok=True)
             target = class_folder / f"{hashlib.sha256(png).hexdigest()[:20]}.png"
-            if not target.exists():  # the same picture twice is kept once
-                atomic_write(target, lambda fh, png=png: fh.write(png))
-                added += 1
+            if target.exists():  # the same picture twice is kept once
+                problems.append(f"image {index + 1} is already in {class_folder.name} (the same picture)")
+                continue
+            atomic_write(target, lambda fh, png=png: fh.write(png))
+            added += 1
         return added, problems
 
     def remove_class(self, key: str, owner: str, class_name) -> None:

@@ -15,7 +15,9 @@ from PIL import Image
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).parent / "screenshots"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         # a camera that shows Chromium's test pattern, granted without asking (the webcam snapshot test)
+         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
 if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
     pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI runs this test",
@@ -215,7 +217,26 @@ def test_a_data_set_built_class_by_class_in_the_browser_trains(page, app_server,
         page.wait_for_timeout(1000)
         page.locator("#collection-add").click()
         wait_for_text(page, "collection-status", f"{name} 12")
-    wait_for_text(page, "dataset-summary", "colours.*2 classes")
+    # a third class from webcam snapshots (one per Add, as a person would take them)
+    page.get_by_label("Class name").fill("Kamera")
+    for count in (1, 2):
+        page.locator("#collection-webcam").get_by_text("Click to Access Webcam").click()
+        page.locator("#collection-webcam video").wait_for()
+        page.wait_for_timeout(1000 + 1000 * count)  # the test pattern moves: two snapshots differ
+        page.locator("#collection-webcam button[aria-label='capture photo']").click()
+        page.locator("#collection-webcam img[src]").first.wait_for()
+        page.locator("#collection-add").click()
+        try:
+            wait_for_text(page, "collection-status", f"Kamera {count}")
+        except Exception:
+            page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+            raise AssertionError(page.locator("#collection-status").inner_text()) from None
+    try:
+        wait_for_text(page, "dataset-summary", "colours.*3 classes")
+    except Exception:
+        page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+        raise
+    assert "few training images" in page.locator("#dataset-summary").inner_text()
     page.screenshot(path=str(SHOTS / "collected.png"), full_page=True)
     set_number(page, "Epochs", "3")
     set_number(page, "Batch size", "8")

@@ -54,7 +54,8 @@ def test_a_collection_grows_class_by_class_and_downloads_as_a_zip(tmp_path):
     assert added == 12 and len(problems) == 1 and "notes.png" in problems[0]
     stored = Image.open(next(p for p in (tmp_path / "datasets" / key / "blau").iterdir() if p.stat().st_size > 20000))
     assert max(stored.size) <= 512
-    assert library.add_images(key, ADA, "rot", coloured((220, 30, 30), 12))[0] == 0  # same class, same pictures
+    added, problems = library.add_images(key, ADA, "rot", coloured((220, 30, 30), 12))  # same class, same pictures
+    assert added == 0 and len(problems) == 12 and "already in Rot" in problems[0]
     assert library.counts(key, ADA) == {"Rot": 12, "blau": 12}
     data = library.load(key, ADA).data
     assert data.classes == ("Rot", "blau") and len(data.train_labels) + len(data.val_labels) == 24

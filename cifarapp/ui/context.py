@@ -11,7 +11,7 @@ import torch
 from ..catalog import ModelCatalog
 from ..checkpoints import LoadedModel
 from ..config import TrainConfig
-from ..data import CIFAR10_TRAIN_SIZE, DataUnavailableError
+from ..data import CIFAR10_CLASSES, CIFAR10_TRAIN_SIZE, DataUnavailableError
 from ..estimate import Estimate, duration_on, expected_duration
 from ..hardware import Measurements, detect, resolve_device
 from ..library import ImageSetLibrary
@@ -84,7 +84,7 @@ class AppContext:
         model; for a model of an image set, that set's test images, if it is one of the sets of
         the owner key `owner` here. DataUnavailableError says what is missing."""
         dataset = loaded.meta.get("dataset") or {}
-        if dataset.get("name", "CIFAR-10") == "CIFAR-10" and len(loaded.classes) == 10:
+        if loaded.classes == CIFAR10_CLASSES and not dataset.get("content_hash"):  # CIFAR-10 (or its stand-in)
             return self.eval_set()
         if dataset.get("name") == "CIFAR-100":
             data = self.manager.builtin[CIFAR100_KEY].get()

@@ -18,7 +18,7 @@ from ..runs import owner_key
 from ..sources import CIFAR100, DataSource
 from . import charts
 from .context import CIFAR100_KEY, AppContext
-from .guard import guarded, plain_error, short, text_list
+from .guard import cut, guarded, plain_error, text_list
 from .identity import client_address, owner_of
 from .widgets import MAX_ZIP_BYTES, uploaded_file
 
@@ -65,7 +65,7 @@ def describe(ctx: AppContext, token, key, profile=None, progress=None) -> tuple:
     try:
         image_set = _library(ctx).load(key, _owner(token, profile), progress=progress)
     except ImageSetError as exc:  # e.g. a collection with one class so far: say what it needs
-        return f"⚠️ This data set cannot be trained on yet: {short(str(exc), 300)}", None, []
+        return f"⚠️ This data set cannot be trained on yet: {cut(str(exc), 300)}", None, []
     return summary_markdown(image_set), counts_figure(image_set), sample_gallery(image_set)
 
 
@@ -115,7 +115,7 @@ def upload_zip(ctx: AppContext, token, file, request, profile=None) -> str:
     try:
         return _library(ctx).add_zip(path, _owner(token, profile), name=Path(path).stem)
     except ImageSetError as exc:
-        raise plain_error(f"That zip cannot be used: {short(str(exc), 300)}") from None
+        raise plain_error(f"That zip cannot be used: {cut(str(exc), 300)}") from None
 
 
 def create_collection(ctx: AppContext, token, name, profile=None) -> str:
@@ -144,7 +144,7 @@ def add_to_class(ctx: AppContext, token, key, class_name, files, snapshot, reque
     except ImageSetError as exc:
         raise plain_error(str(exc)) from None
     status = f"Added {added} image(s). Images per class: " + ", ".join(f"{c} {n}" for c, n in counts.items())
-    return status + "".join(f"\n- ⚠️ {short(p, 200)}" for p in problems[:10])
+    return status + "".join(f"\n- ⚠️ {cut(p, 200)}" for p in problems[:10])
 
 
 def export_zip(ctx: AppContext, token, key, profile=None) -> str:
@@ -179,7 +179,8 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
                 class_name = gr.Textbox(label="Class name", scale=1, elem_id="collection-class")
                 files = gr.File(file_count="multiple", file_types=["image"], label="Images of this class", scale=2,
                                 elem_id="collection-files")
-                snapshot = gr.Image(sources=["webcam"], type="numpy", label="…or a webcam snapshot", scale=2)
+                snapshot = gr.Image(sources=["webcam"], type="numpy", label="…or a webcam snapshot", scale=2,
+                                    elem_id="collection-webcam")
             with gr.Row():
                 add = gr.Button("Add to class", variant="primary", elem_id="collection-add")
                 download = gr.DownloadButton("Download the data set as a zip", elem_id="dataset-download")

@@ -30,10 +30,14 @@ def short(value: Any, limit: int = QUOTE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def cut(text: str, limit: int) -> str:
+    """`text` (a message of the app's) cut to `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def plain_error(message: str) -> gr.Error:
     """A gr.Error shown to the user and not logged with a traceback (the input was bad, the app is fine)."""
-    text = str(message)
-    return gr.Error(text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "…", print_exception=False)
+    return gr.Error(cut(str(message), MAX_MESSAGE_CHARS), print_exception=False)
 
 
 def guarded(handler: Callable) -> Callable:

@@ -32,7 +32,7 @@ from ..train import TrainingError
 from ..weights import shipped_models
 from . import charts, data_panel
 from .context import AppContext, hardware_summary
-from .guard import guarded, plain_error, short, text_value
+from .guard import cut, guarded, plain_error, text_value
 from .identity import client_address, new_owner_token, owner_of
 from .widgets import uploaded_file
 
@@ -153,9 +153,9 @@ def estimate_markdown(ctx: AppContext, values: dict) -> str:
     try:
         estimate = ctx.estimate(config)
     except ImageSetError as exc:
-        return f"⏱️ Expected duration: the data set cannot be used: {short(str(exc), 200)}"
+        return f"⏱️ Expected duration: the data set cannot be used: {cut(str(exc), 200)}"
     except (ValueError, RuntimeError) as exc:  # e.g. a device that is not here
-        return f"⏱️ Expected duration: this configuration cannot be measured here: {short(str(exc), 200)}"
+        return f"⏱️ Expected duration: this configuration cannot be measured here: {cut(str(exc), 200)}"
     limit = ctx.manager.rules.max_run_s
     over = (f" This app stops runs after {format_duration(limit)}." if limit is not None and estimate.seconds > limit
             else "")
@@ -170,7 +170,7 @@ def budget_plan(ctx: AppContext, label: str, dataset: str = "") -> tuple[str, Tr
     try:
         count = ctx.train_image_count(dataset)
     except ImageSetError as exc:
-        return f"A time budget needs a usable data set: {short(str(exc), 200)}", None
+        return f"A time budget needs a usable data set: {cut(str(exc), 200)}", None
     plan = plan_for_budget(BUDGETS[label], PRESETS[BUDGET_BASE].config, count, measurements=ctx.manager.measurements)
     return (f"Fast recipe sized to {label.replace(' here', '')} on this machine: {plan.describe()}. "
             "Accuracy grows with the budget; see the presets for measured figures."), plan.config
@@ -210,7 +210,7 @@ def load_config_file(ctx: AppContext, file, request: gr.Request | None) -> list:
         values = json.loads(path.read_text(encoding="utf-8"))
         config = TrainConfig.from_dict(values).validate()
     except (OSError, ValueError, RecursionError) as exc:  # ConfigError and JSON errors are ValueErrors
-        raise plain_error(f"That file is not a cifarapp config: {short(str(exc), 300)}") from None
+        raise plain_error(f"That file is not a cifarapp config: {cut(str(exc), 300)}") from None
     return config_to_form(config)
 
 
@@ -232,7 +232,7 @@ def start_run(ctx: AppContext, token, values: dict, request: gr.Request | None,
     except (ConfigError, BusyError, RunError, RateLimited, ImageSetError, TrainingError) as exc:
         return gr.skip(), f"❌ **Not started.** {exc}"
     except (DataUnavailableError, OSError) as exc:
-        return gr.skip(), f"❌ **Not started.** Could not load the training data: {short(str(exc), 300)}"
+        return gr.skip(), f"❌ **Not started.** Could not load the training data: {cut(str(exc), 300)}"
     note = f"\n\nNo owner was given; this run's owner token (send it to stop or delete the run): `{fresh}`" \
         if fresh else ""
     return new_id, f"🟡 **starting** run `{new_id}`…{note}"
