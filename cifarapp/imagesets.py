@@ -38,6 +38,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 SPLITS = ("train", "val", "test")
+IMAGE_SIZES = (32, 64)  # sides an image set can be prepared at (64 for models with global pooling)
 MAX_CLASSES = 1000
 MIN_IMAGES_PER_CLASS = 10  # fewer draws a warning
 IMBALANCE_RATIO = 3.0  # the largest class this many times the smallest draws a warning

@@ -23,10 +23,21 @@ from PIL import Image, ImageOps
 
 from .files import atomic_write, atomic_write_text
 from .images import ImageError, array_to_image, open_image, to_rgb
-from .imagesets import IMAGE_SUFFIXES, MAX_CLASSES, ImageSet, ImageSetError, extract_zip, load_image_set, scan_folder
+from .imagesets import (
+    IMAGE_SIZES,
+    IMAGE_SUFFIXES,
+    MAX_CLASSES,
+    ImageSet,
+    ImageSetError,
+    extract_zip,
+    load_image_set,
+    scan_folder,
+)
 
 UPLOADED, COLLECTED = "uploaded", "collected"
-KEY_PATTERN = re.compile(rf"({UPLOADED}/zip-[0-9a-f]{{16}}|{COLLECTED}/[0-9a-f]{{16}})")
+# a set's key, optionally with the side its images are prepared at ("@64"; default: the library's)
+KEY_PATTERN = re.compile(rf"({UPLOADED}/zip-[0-9a-f]{{16}}|{COLLECTED}/[0-9a-f]{{16}})"
+                         rf"(?:@({'|'.join(map(str, IMAGE_SIZES))}))?")
 OWNERS_FILE, NAME_FILE = ".owners", ".name"
 MAX_NAME_CHARS = 64
 MAX_COLLECTED_IMAGES = 5000  # per collection
@@ -78,9 +89,10 @@ class ImageSetLibrary:
     def folder(self, key, owner: str | None) -> Path:
         """The folder of the set `key` if the owner key `owner` may use it (None: the command line,
         which may use any); ImageSetError otherwise."""
-        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        match = KEY_PATTERN.fullmatch(key) if isinstance(key, str) else None
+        if match is None:
             raise ImageSetError("unknown data set; pick one from the list")
-        folder = self.root / key
+        folder = self.root / match.group(1)
         if not folder.is_dir() or (owner is not None and owner not in self._owners(folder)):
             raise ImageSetError("unknown data set; pick one from the list (a data set is visible to whoever added it)")
         return folder
@@ -99,15 +111,21 @@ class ImageSetLibrary:
                                                                        self._counts(folder))))
         return [entry for _, entry in sorted(found, key=lambda item: -item[0])]
 
+    def sized(self, key: str, size: int) -> str:
+        """The key of the set `key` prepared at `size` pixels."""
+        base = KEY_PATTERN.fullmatch(key).group(1)
+        return base if size == self.image_size else f"{base}@{size}"
+
     def load(self, key: str, owner: str | None, progress: Callable[[int, int], None] | None = None) -> ImageSet:
         """The prepared set (cached in memory while its files are unchanged, and on disk by content)."""
         folder = self.folder(key, owner)
-        signature = (key, _tree_signature(folder))
+        size = int(KEY_PATTERN.fullmatch(key).group(2) or self.image_size)
+        signature = (folder, size, _tree_signature(folder))
         with self._lock:
             if signature in self._cache:
                 self._cache.move_to_end(signature)
                 return self._cache[signature]
-        image_set = load_image_set(folder, self.root, self.image_size, self.val_fraction, progress=progress)
+        image_set = load_image_set(folder, self.root, size, self.val_fraction, progress=progress)
         name = self._name(folder)
         image_set = ImageSet(replace(image_set.data, name=name, source=name), image_set.scan, image_set.prepared,
                              image_set.problems)
@@ -141,7 +159,7 @@ class ImageSetLibrary:
         """Add images (file paths, bytes or numpy arrays such as webcam frames) to a class of a
         collection (made if new): (how many were added, a message per image that was not)."""
         folder = self.folder(key, owner)
-        if not key.startswith(COLLECTED + "/"):
+        if folder.parent.name != COLLECTED:
             raise ImageSetError("images can only be added to a data set collected here; "
                                 "an uploaded zip stays as it was")
         class_name = clean_name(class_name, "class name")
@@ -173,7 +191,7 @@ class ImageSetLibrary:
     def remove_class(self, key: str, owner: str, class_name) -> None:
         """Delete a class (its folder and images) from a collection."""
         folder = self.folder(key, owner)
-        if not key.startswith(COLLECTED + "/"):
+        if folder.parent.name != COLLECTED:
             raise ImageSetError("only a data set collected here can be changed")
         class_folder = folder / clean_name(class_name, "class name")
         if class_folder.is_dir():

@@ -23,12 +23,11 @@ from .data import (
     load_cifar100,
     synthetic_data,
 )
-from .imagesets import ImageSet, is_image_set, load_image_set, scan_folder
+from .imagesets import IMAGE_SIZES, ImageSet, is_image_set, load_image_set, scan_folder
 
 SYNTHETIC = "synthetic"
 CIFAR100 = "cifar100"  # --data cifar100: CIFAR-100 through torchvision, into --data-dir
 DEFAULT_DATASETS_DIR = "datasets"
-IMAGE_SIZES = (32, 64)  # sides an image set can be prepared at (64 for models with global pooling)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def main() -> None:
             page.locator("#predict-image input[type=file]").set_input_files(str(ROOT / "assets/examples/photo_cat.jpg"))
             page.wait_for_function(
                 "(() => { const l = document.querySelector('#predict-label'); "
-                "return l && /\\d+%/.test(l.innerText); })()")
+                "return l && !/Predicting/.test(l.innerText) && /\\d+%/.test(l.innerText); })()")
             page.locator("#predict-seen img").wait_for()
             page.wait_for_timeout(800)
             page.screenshot(path=str(out / "screenshot_predict.png"), full_page=False)

@@ -119,9 +119,7 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
     png = tmp_path / "upload.png"
     Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[:, None, None], (1, 64, 3))).save(png)
     page.locator("#predict-image input[type=file]").set_input_files(str(png))
-    page.wait_for_function(
-        "(() => { const l = document.querySelector('#predict-label'); return l && /\\d+%/.test(l.innerText); })()")
-    label = page.locator("#predict-label").inner_text()
+    label = wait_for_prediction(page)
     assert re.search(r"(airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck)", label)
     page.locator("#predict-seen img").wait_for()
     page.screenshot(path=str(SHOTS / "predict.png"), full_page=True)
@@ -131,6 +129,15 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
     page.wait_for_function(f"document.querySelector('#runs-table')?.innerText.includes('{run_id}')")
     page.wait_for_timeout(1500)
     page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
+
+
+def wait_for_prediction(page) -> str:
+    """The Predict label's text once it holds a prediction (not the progress line, whose percentage
+    looks alike)."""
+    page.wait_for_function(
+        "(() => { const l = document.querySelector('#predict-label');"
+        " return l && !/Predicting/.test(l.innerText) && /\\d+%/.test(l.innerText); })()")
+    return page.locator("#predict-label").inner_text()
 
 
 def choose(page, elem_id: str, option: str):
@@ -160,6 +167,10 @@ def test_own_images_from_a_zip_train_evaluate_predict_in_a_browser(page, app_ser
     chooser.value.set_files(str(archive))
     wait_for_text(page, "dataset-summary", "pets.*3 classes")
     assert "144 training, 36 validation" in page.locator("#dataset-summary").inner_text()
+    page.locator("#dataset-size").get_by_text("64", exact=True).click()  # prepared again at 64x64, then back
+    wait_for_text(page, "dataset-summary", "images at 64x64")
+    page.locator("#dataset-size").get_by_text("32", exact=True).click()
+    wait_for_text(page, "dataset-summary", "images at 32x32")
     page.locator("#dataset-counts img, #dataset-counts svg, #dataset-counts canvas").first.wait_for()
     assert page.locator("#dataset-samples img").count() >= 15  # five per class
 
@@ -188,9 +199,7 @@ def test_own_images_from_a_zip_train_evaluate_predict_in_a_browser(page, app_ser
     page.get_by_role("tab", name="Predict").click()
     choose(page, "predict-model", run_id)
     page.locator("#predict-image input[type=file]").set_input_files(str(next((tmp_path / "pets" / "Hund").iterdir())))
-    page.wait_for_function(
-        "(() => { const l = document.querySelector('#predict-label'); return l && /\\d+%/.test(l.innerText); })()")
-    label = page.locator("#predict-label").inner_text()
+    label = wait_for_prediction(page)
     assert any(name in label for name in NEW_NAMES.values()), label
     page.screenshot(path=str(SHOTS / "own_images_predict.png"), full_page=True)
 

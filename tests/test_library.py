@@ -94,3 +94,16 @@ def test_the_run_manager_trains_on_a_kept_set_of_its_owner(tmp_path):
     snap = manager.snapshot(run_id)
     assert snap.status == "finished", snap.message
     assert snap.epochs[-1]["val_acc"] == 1.0  # red against blue
+
+
+def test_a_set_can_be_prepared_at_64_pixels_by_its_key(tmp_path):
+    library = ImageSetLibrary(tmp_path / "datasets")
+    key = library.new_collection("colours", ADA)
+    library.add_images(key, ADA, "red", coloured((220, 30, 30), 6))
+    library.add_images(key, ADA, "blue", coloured((30, 30, 220), 6))
+    assert library.sized(key, 32) == key and library.sized(key, 64) == key + "@64"
+    assert library.sized(key + "@64", 32) == key
+    assert library.load(key, ADA).data.image_size == 32
+    assert library.load(key + "@64", ADA).data.train_images.shape[-1] == 64
+    with pytest.raises(ImageSetError, match="unknown data set"):
+        library.load(key + "@48", ADA)

@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from ..imagesets import ImageSet, ImageSetError
+from ..imagesets import IMAGE_SIZES, ImageSet, ImageSetError
 from ..library import ImageSetLibrary
 from ..limits import RateLimited
 from ..runs import owner_key
@@ -43,15 +43,25 @@ def _owner(token, profile) -> str:
     return owner_key(identity)
 
 
-def dataset_choices(ctx: AppContext, token, profile=None) -> list[tuple[str, str]]:
-    """The data sets the caller may train on: the app's default first, then their own."""
+def image_side(ctx: AppContext, side) -> int:
+    """The side the caller's sets are prepared at (the library's default for anything unexpected)."""
+    library = ctx.manager.image_sets
+    default = library.image_size if library is not None else IMAGE_SIZES[0]
+    return side if side in IMAGE_SIZES and not isinstance(side, bool) else default
+
+
+def dataset_choices(ctx: AppContext, token, profile=None, side=None) -> list[tuple[str, str]]:
+    """The data sets the caller may train on: the app's default first, then their own, prepared
+    at `side` pixels."""
     default = [(f"default: {ctx.data_source.describe()}", DEFAULT_CHOICE)]
     if ctx.data_source.data != CIFAR100:
         default.append((f"built in: {DataSource(CIFAR100, ctx.data_source.data_dir).describe()}", CIFAR100_KEY))
     identity = owner_of(token, profile)
     if identity is None or ctx.manager.image_sets is None:
         return default
-    return default + [(entry.label, entry.key) for entry in ctx.manager.image_sets.entries(owner_key(identity))]
+    library, side = ctx.manager.image_sets, image_side(ctx, side)
+    return default + [(f"{entry.label} at {side}x{side}", library.sized(entry.key, side))
+                      for entry in library.entries(owner_key(identity))]
 
 
 def describe(ctx: AppContext, token, key, profile=None, progress=None) -> tuple:
@@ -164,6 +174,9 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
         with gr.Row():
             dataset = gr.Dropdown(dataset_choices(ctx, None), value=DEFAULT_CHOICE, label="Data set", scale=3,
                                   elem_id="dataset", info="the app's default data, or an image set of yours")
+            size = gr.Radio(list(IMAGE_SIZES), value=image_side(ctx, None), label="Image size (your sets)",
+                            info="the side images are prepared at; 64 needs fastnet or resnet18", scale=1,
+                            elem_id="dataset-size")
             upload = gr.UploadButton("Upload a .zip of class folders", file_types=[".zip"], scale=1,
                                      elem_id="dataset-upload")
         summary = gr.Markdown(describe(ctx, None, DEFAULT_CHOICE)[0], elem_id="dataset-summary")
@@ -186,18 +199,28 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
                 download = gr.DownloadButton("Download the data set as a zip", elem_id="dataset-download")
             collect_status = gr.Markdown(elem_id="collection-status")
 
-    def refresh(token, profile: gr.OAuthProfile | None, value=DEFAULT_CHOICE):
-        return gr.update(choices=dataset_choices(ctx, token, profile), value=value)
+    def refresh(token, profile: gr.OAuthProfile | None, value, side):
+        """The data set list for the caller, with `value` (a set at any size) chosen at `side`."""
+        side = image_side(ctx, side)
+        if value and ctx.manager.image_sets is not None and value != CIFAR100_KEY:
+            value = ctx.manager.image_sets.sized(value, side)
+        return gr.update(choices=dataset_choices(ctx, token, profile, side), value=value)
 
     def shown(text, figure, gallery) -> tuple:
         """The outputs [summary, counts, samples, overview] of a described data set."""
         return text, figure, gallery, gr.update(visible=figure is not None)
 
     @guarded
-    def on_load(token, profile: gr.OAuthProfile | None = None):
-        return refresh(token, profile)
+    def on_load(token, side, profile: gr.OAuthProfile | None = None):
+        return refresh(token, profile, DEFAULT_CHOICE, side)
 
-    demo.load(on_load, owner, dataset, api_name=False)
+    demo.load(on_load, [owner, size], dataset, api_name=False)
+
+    @guarded
+    def on_size(token, key, side, profile: gr.OAuthProfile | None = None):
+        return refresh(token, profile, key if isinstance(key, str) else DEFAULT_CHOICE, side)
+
+    size.change(on_size, [owner, dataset, size], dataset, api_name=False)
 
     @guarded
     def on_select(token, key, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
@@ -208,26 +231,27 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> gr.Dropdo
                    concurrency_limit=2, concurrency_id="prepare")
 
     @guarded
-    def on_upload(token, file, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        return refresh(token, profile, upload_zip(ctx, token, file, request, profile))
+    def on_upload(token, file, side, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return refresh(token, profile, upload_zip(ctx, token, file, request, profile), side)
 
-    upload.upload(on_upload, [owner, upload], dataset, api_name="upload_dataset", concurrency_limit=2,
+    upload.upload(on_upload, [owner, upload, size], dataset, api_name="upload_dataset", concurrency_limit=2,
                   concurrency_id="prepare")
 
     @guarded
-    def on_create(token, name, profile: gr.OAuthProfile | None = None):
+    def on_create(token, name, side, profile: gr.OAuthProfile | None = None):
         key = create_collection(ctx, token, name, profile)
-        return refresh(token, profile, key), "Created. Type a class name, choose its images and press **Add to class**."
+        return (refresh(token, profile, key, side),
+                "Created. Type a class name, choose its images and press **Add to class**.")
 
-    create.click(on_create, [owner, new_name], [dataset, collect_status], api_name="create_dataset")
+    create.click(on_create, [owner, new_name, size], [dataset, collect_status], api_name="create_dataset")
 
     @guarded
-    def on_add(token, key, name, chosen, frame, request: gr.Request, profile: gr.OAuthProfile | None = None):
+    def on_add(token, key, name, chosen, frame, side, request: gr.Request, profile: gr.OAuthProfile | None = None):
         status = add_to_class(ctx, token, key, name, chosen, frame, request, profile)
         # the choice stays the same set, so its change event does not fire: describe it here
-        return refresh(token, profile, key), status, None, None, *shown(*describe(ctx, token, key, profile))
+        return refresh(token, profile, key, side), status, None, None, *shown(*describe(ctx, token, key, profile))
 
-    add.click(on_add, [owner, dataset, class_name, files, snapshot],
+    add.click(on_add, [owner, dataset, class_name, files, snapshot, size],
               [dataset, collect_status, files, snapshot, summary, counts, samples, overview], api_name="add_images",
               concurrency_limit=2, concurrency_id="prepare")
 
