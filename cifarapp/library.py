@@ -111,10 +111,11 @@ class ImageSetLibrary:
                                                                        self._counts(folder))))
         return [entry for _, entry in sorted(found, key=lambda item: -item[0])]
 
-    def sized(self, key: str, size: int) -> str:
-        """The key of the set `key` prepared at `size` pixels."""
-        base = KEY_PATTERN.fullmatch(key).group(1)
-        return base if size == self.image_size else f"{base}@{size}"
+    @staticmethod
+    def sized(key: str, size: int) -> str:
+        """The key of the set `key` prepared at `size` pixels (explicit, so that a run's config
+        names the same images whatever default a later resume runs with)."""
+        return f"{KEY_PATTERN.fullmatch(key).group(1)}@{size}"
 
     def load(self, key: str, owner: str | None, progress: Callable[[int, int], None] | None = None) -> ImageSet:
         """The prepared set (cached in memory while its files are unchanged, and on disk by content)."""

@@ -101,8 +101,7 @@ def test_a_set_can_be_prepared_at_64_pixels_by_its_key(tmp_path):
     key = library.new_collection("colours", ADA)
     library.add_images(key, ADA, "red", coloured((220, 30, 30), 6))
     library.add_images(key, ADA, "blue", coloured((30, 30, 220), 6))
-    assert library.sized(key, 32) == key and library.sized(key, 64) == key + "@64"
-    assert library.sized(key + "@64", 32) == key
+    assert library.sized(key, 32) == key + "@32" and library.sized(key + "@32", 64) == key + "@64"
     assert library.load(key, ADA).data.image_size == 32
     assert library.load(key + "@64", ADA).data.train_images.shape[-1] == 64
     with pytest.raises(ImageSetError, match="unknown data set"):
