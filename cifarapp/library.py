@@ -118,7 +118,7 @@ class ImageSetLibrary:
         return f"{KEY_PATTERN.fullmatch(key).group(1)}@{size}"
 
     def load(self, key: str, owner: str | None, progress: Callable[[int, int], None] | None = None) -> ImageSet:
-        """The prepared set (cached in memory while its files are unchanged, and on disk by content)."""
+        """The prepared set (cached in memory and on disk while its files are unchanged)."""
         folder = self.folder(key, owner)
         size = int(KEY_PATTERN.fullmatch(key).group(2) or self.image_size)
         signature = (folder, size, _tree_signature(folder))

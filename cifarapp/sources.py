@@ -23,7 +23,7 @@ from .data import (
     load_cifar100,
     synthetic_data,
 )
-from .imagesets import IMAGE_SIZES, ImageSet, is_image_set, load_image_set, scan_folder
+from .imagesets import IMAGE_SIZES, is_image_set, load_image_set, scan_folder
 
 SYNTHETIC = "synthetic"
 CIFAR100 = "cifar100"  # --data cifar100: CIFAR-100 through torchvision, into --data-dir
@@ -52,37 +52,37 @@ class DataSource:
                    args.val_fraction)
 
     @property
+    def given(self) -> str | None:
+        """What the data is named by: `data`, else the CIFARAPP_DATA environment variable."""
+        return self.data or os.environ.get(DATA_ENV_VAR) or None
+
+    @property
     def is_synthetic(self) -> bool:
-        return self.data == SYNTHETIC
+        return self.given == SYNTHETIC
 
     @property
     def is_image_set(self) -> bool:
-        given = self.data or os.environ.get(DATA_ENV_VAR)
-        return bool(given) and given not in (SYNTHETIC, CIFAR100) and is_image_set(given)
-
-    def image_set(self, progress: Callable[[int, int], None] | None = None) -> ImageSet:
-        """The prepared image set (only where `is_image_set`)."""
-        return load_image_set(self.data or os.environ[DATA_ENV_VAR], self.datasets_dir, self.image_size,
-                              self.val_fraction, progress=progress)
+        return self.given not in (None, SYNTHETIC, CIFAR100) and is_image_set(self.given)
 
     def load(self, download: bool | None = None, progress: Callable[[int, int], None] | None = None) -> ImageData:
         """The data set (`download` overrides whether a missing CIFAR-10 may be downloaded;
         `progress(done, total)` follows the preparation of an image set)."""
+        download = self.download if download is None else download
         if self.is_synthetic:
             return synthetic_data(n_train=SYNTHETIC_TRAIN_SIZE)
-        if self.data == CIFAR100:
-            return load_cifar100(self.data_dir, download=self.download if download is None else download)
+        if self.given == CIFAR100:
+            return load_cifar100(self.data_dir, download=download)
         if self.is_image_set:
-            return self.image_set(progress).data
-        return load_cifar10(self.data, self.data_dir, download=self.download if download is None else download)
+            return load_image_set(self.given, self.datasets_dir, self.image_size, self.val_fraction,
+                                  progress=progress).data
+        return load_cifar10(self.given, self.data_dir, download=download)
 
     def expected_train_images(self) -> int:
-        """How many training images the data set has, before loading it."""
+        """How many training images the data set has, before loading it (a zip counts once extracted)."""
         if self.is_synthetic:
             return SYNTHETIC_TRAIN_SIZE
-        if self.is_image_set and Path(self.data or os.environ[DATA_ENV_VAR]).is_dir():
-            scan = scan_folder(self.data or os.environ[DATA_ENV_VAR])
-            counts = scan.counts()
+        if self.is_image_set and Path(self.given).is_dir():
+            counts = scan_folder(self.given).counts()
             if "pool" in counts:
                 return round(sum(counts["pool"].values()) * (1 - self.val_fraction))
             return sum(counts["train"].values())
@@ -92,7 +92,7 @@ class DataSource:
         """Where the data comes from, in words for the Train tab."""
         if self.is_synthetic:
             return "a small synthetic data set of coloured shapes (for trying the app)"
-        given = self.data or os.environ.get(DATA_ENV_VAR)
+        given = self.given
         if given == CIFAR100:
             cached = (Path(self.data_dir) / CIFAR100_CACHE_NAME).is_file()
             return "CIFAR-100 (100 classes)" + ("" if cached else f", downloaded through torchvision into "

@@ -57,7 +57,10 @@ class AppContext:
 
     def train_image_count(self, dataset: str = "") -> int:
         """Training images of a data set (the default one: counted once it is loaded, else its
-        known size). Any key will do: a count tells nothing about a set's images."""
+        known size; CIFAR-100 has as many as CIFAR-10). Any key will do: a count tells nothing
+        about a set's images."""
+        if dataset == CIFAR100_KEY:
+            return CIFAR10_TRAIN_SIZE
         if dataset and self.manager.image_sets is not None:
             return len(self.manager.image_sets.load(dataset, None).data.train_labels)
         data = self.manager.data.loaded()
@@ -66,11 +69,10 @@ class AppContext:
     def estimate(self, config: TrainConfig) -> Estimate:
         """The expected duration of a run of `config` on its data set here."""
         measurements = self.manager.measurements
-        if config.dataset == CIFAR100_KEY:
-            return expected_duration(config, CIFAR10_TRAIN_SIZE, 100, measurements)
-        if config.dataset and self.manager.image_sets is not None:
+        if config.dataset and config.dataset != CIFAR100_KEY and self.manager.image_sets is not None:
             return duration_on(config, self.manager.image_sets.load(config.dataset, None).data, measurements)
-        return expected_duration(config, self.train_image_count(), measurements=measurements)
+        classes = 100 if config.dataset == CIFAR100_KEY else 10
+        return expected_duration(config, self.train_image_count(config.dataset), classes, measurements)
 
     def eval_set(self) -> EvalSet:
         """The full test set when the data is already here (no download), else the shipped sample."""

@@ -54,7 +54,7 @@ def dataset_choices(ctx: AppContext, token, profile=None, side=None) -> list[tup
     """The data sets the caller may train on: the app's default first, then their own, prepared
     at `side` pixels."""
     default = [(f"default: {ctx.data_source.describe()}", DEFAULT_CHOICE)]
-    if ctx.data_source.data != CIFAR100:
+    if ctx.data_source.given != CIFAR100:
         default.append((f"built in: {DataSource(CIFAR100, ctx.data_source.data_dir).describe()}", CIFAR100_KEY))
     identity = owner_of(token, profile)
     if identity is None or ctx.manager.image_sets is None:
