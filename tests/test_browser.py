@@ -131,6 +131,17 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
     page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
 
 
+def start_and_wait(page) -> str:
+    """Press Start and return the status line once this run has ended or was refused (the line may
+    still show an earlier run of this browser's when Start is pressed)."""
+    before = page.locator("#train-status").inner_text()
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_function(
+        "([before]) => { const t = document.querySelector('#train-status')?.innerText || '';"
+        " return t !== before && /finished|failed|diverged|Not started/.test(t); }", arg=[before])
+    return page.locator("#train-status").inner_text()
+
+
 def wait_for_prediction(page) -> str:
     """The Predict label's text once it holds a prediction (not the progress line, whose percentage
     looks alike)."""
@@ -180,9 +191,7 @@ def test_own_images_from_a_zip_train_evaluate_predict_in_a_browser(page, app_ser
     set_number(page, "Train only the head for the first epochs (with Start from)", "1")
     set_number(page, "Batch size", "32")
     page.screenshot(path=str(SHOTS / "own_images_data.png"), full_page=True)
-    page.get_by_role("button", name="Start training").click()
-    wait_for_text(page, "train-status", "finished|failed|Not started")
-    status = page.locator("#train-status").inner_text()
+    status = start_and_wait(page)
     assert "finished" in status, status
     page.screenshot(path=str(SHOTS / "own_images_trained.png"), full_page=True)
     run_id = re.search(r"run (\S+) ·", status).group(1).strip("`")
@@ -249,6 +258,4 @@ def test_a_data_set_built_class_by_class_in_the_browser_trains(page, app_server,
     page.screenshot(path=str(SHOTS / "collected.png"), full_page=True)
     set_number(page, "Epochs", "3")
     set_number(page, "Batch size", "8")
-    page.get_by_role("button", name="Start training").click()
-    wait_for_text(page, "train-status", "finished|failed|Not started")
-    assert "finished" in page.locator("#train-status").inner_text()
+    assert "finished" in start_and_wait(page)
