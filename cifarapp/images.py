@@ -97,19 +97,29 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(a, "L" if a.ndim == 2 else ("RGB" if a.shape[2] == 3 else "RGBA"))
 
 
-def preprocess(source, side: int = SIDE, name: str | None = None) -> np.ndarray:
-    """Any supported input (path, bytes, PIL image, numpy array) -> uint8 [side, side, 3],
-    upright, centre-cropped and area-resized as the module docstring describes. `name` is what
-    messages call the input."""
+def upright_rgb(source, side: int = SIDE, name: str | None = None) -> Image.Image:
+    """Any supported input, opened as `preprocess` sees it before cropping: upright (EXIF
+    orientation applied) and RGB; a JPEG is decoded at a reduced size that keeps 4x `side`."""
     image = array_to_image(source) if isinstance(source, np.ndarray) else open_image(source, side, name)
     try:
         image = ImageOps.exif_transpose(image) or image
     except (OSError, ValueError, SyntaxError, KeyError, TypeError):
         pass  # a broken EXIF block only loses the orientation hint
-    image = to_rgb(image)
-    w, h = image.size
-    square = min(w, h)
-    left, top = (w - square) // 2, (h - square) // 2
+    return to_rgb(image)
+
+
+def centre_square(width: int, height: int) -> tuple[int, int, int]:
+    """(left, top, side) of the centred square that `preprocess` crops from a width x height image."""
+    square = min(width, height)
+    return (width - square) // 2, (height - square) // 2, square
+
+
+def preprocess(source, side: int = SIDE, name: str | None = None) -> np.ndarray:
+    """Any supported input (path, bytes, PIL image, numpy array) -> uint8 [side, side, 3],
+    upright, centre-cropped and area-resized as the module docstring describes. `name` is what
+    messages call the input."""
+    image = upright_rgb(source, side, name)
+    left, top, square = centre_square(*image.size)
     image = image.crop((left, top, left + square, top + square))
     if square > 4 * side:  # shrink by an integer factor first: fast and still area-averaging
         image = image.reduce(square // (2 * side))
