@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from .data import Normalization
 from .files import atomic_write
 from .hardware import Compute, Measurements, Workload, choose, resolve_device
 from .models import build_model
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 FORMAT = "cifarapp-checkpoint"
 VERSION = 1
@@ -93,23 +97,45 @@ class LoadedModel:
     def dataset_name(self) -> str:
         return str(self.meta.get("dataset", {}).get("name", "CIFAR-10"))
 
+    @property
+    def calibration(self) -> Calibration | None:
+        """The temperature fitted on held-out images and what it did (see cifarapp.calibration), if any."""
+        from .calibration import PAYLOAD_KEY, Calibration  # that module builds on this one
+
+        stored = self.meta.get(PAYLOAD_KEY)
+        return Calibration.from_dict(stored) if stored else None
+
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before the softmax: the fitted temperature, else 1."""
+        calibration = self.calibration
+        return calibration.temperature if calibration is not None else 1.0
+
     @classmethod
     def from_payload(cls, payload: dict, device: str = "auto", precision: str = "auto",
-                     measurements: Measurements | None = None) -> LoadedModel:
+                     measurements: Measurements | None = None, compute: Compute | None = None) -> LoadedModel:
         """Build the model of a checkpoint dict on `device` in the precision and layout that run
-        it fastest there (see `hardware.choose`)."""
-        try:
-            width = float(payload.get("width", 1.0))
-            model = build_model(payload["model"], num_classes=len(payload["classes"]), width=width)
-            model.load_state_dict(payload["state_dict"])
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint does not match its architecture: {exc}") from exc
-        work = Workload(payload["model"], width, len(payload["classes"]), INFERENCE_PROBE_BATCH, train=False)
-        compute = choose(work, resolve_device(device), precision, measurements)
+        it fastest there (see `hardware.choose`), or in `compute` when it is given."""
+        model = build_network(payload)
+        if compute is None:
+            work = Workload(payload["model"], float(payload.get("width", 1.0)), len(payload["classes"]),
+                            INFERENCE_PROBE_BATCH, train=False)
+            compute = choose(work, resolve_device(device), precision, measurements)
         model.eval().to(compute.device, memory_format=compute.memory_format)
         meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "rng")}
         return cls(model, payload["model"], tuple(payload["classes"]),
                    Normalization.from_dict(payload["normalization"]), meta, compute)
+
+
+def build_network(payload: dict) -> nn.Module:
+    """The network of a checkpoint dict with its weights (on the CPU, in fp32)."""
+    try:
+        model = build_model(payload["model"], num_classes=len(payload["classes"]),
+                            width=float(payload.get("width", 1.0)))
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint does not match its architecture: {exc}") from exc
+    return model
 
 
 def load_model(path: str | Path, device: str = "auto", precision: str = "auto",

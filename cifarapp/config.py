@@ -14,6 +14,8 @@ from .hardware import DEVICES, PRECISIONS
 from .models import MODELS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# what early stopping watches for an improvement
+MONITORS = ("val_acc", "val_loss")
 SCHEDULES = ("constant", "onecycle", "cosine")
 # quoted values in messages are cut to this many characters (a value may come from any client)
 QUOTE_CHARS = 40
@@ -151,6 +153,22 @@ class TrainConfig:
     freeze_epochs: int = setting(0, "Train only the head for the first epochs (with Start from)",
                                  "train only the new head (and norm layers) for this many first epochs, then "
                                  "everything (needs Start from)", low=0, name="frozen-body epochs")
+
+    patience: int = setting(0, "Early stopping: patience (epochs; 0 = off)",
+                            "stop when the watched validation metric has not improved for this many epochs "
+                            "(0: train every epoch)", low=0, high=1000, advanced=True)
+    monitor: str = setting("val_acc", "Early stopping watches", "the validation metric that early stopping and "
+                           "'keep the best epoch' watch", choices=MONITORS, advanced=True)
+    keep_best: bool = setting(False, "Keep the best epoch",
+                              "keep the weights of the epoch with the best validation metric as the run's model "
+                              "(best.pt, used by Evaluate and Predict); the last epoch's stay in checkpoint.pt for "
+                              "resuming", advanced=True)
+    nproc: int = setting(1, "Processes / GPUs",
+                         "train with this many processes (torch.distributed: one per GPU, or gloo on the CPU); the "
+                         "global batch stays the batch size", low=1, high=64, advanced=True, name="process count")
+    sync_bn: bool = setting(False, "Synchronise BatchNorm across processes",
+                            "BatchNorm statistics of the whole global batch instead of each process's share "
+                            "(with several processes)", advanced=True)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -121,6 +121,14 @@ class ImageData:
     def has_validation(self) -> bool:
         return self.val_images is not None
 
+    def held_out(self, val_size: int, seed: int, train_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation images and labels of a run that holds `val_size` of the training images
+        out with `seed` (never trained on): the data's own validation split where it has one."""
+        if self.has_validation:
+            return self.val_images, self.val_labels
+        split = split_train_val(len(self.train_images), val_size, seed, train_size)
+        return self.train_images[split.val], self.train_labels[split.val]
+
     def summary(self) -> dict:
         """What a run, a checkpoint and a model card record about the data it was trained on."""
         counts = {"train": len(self.train_labels), "test": len(self.test_labels)}

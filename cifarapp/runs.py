@@ -15,10 +15,12 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -26,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoints
+from . import calibration, checkpoints
 from .config import TrainConfig
 from .data import ImageData
+from .distributed import World, current_world, root_cause
 from .files import atomic_write_text
 from .hardware import Measurements
-from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, fit
+from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, StopSignal, fit
 from .weights import WEIGHTS_DIR, shipped_models
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # matched in full
@@ -40,6 +43,8 @@ METRIC_COLUMNS = ("kind", "epoch", "step", "total_steps", "loss", "lr", "images_
 FINAL_STATUSES = ("finished", "stopped", "diverged", "failed", "interrupted")
 ACTIVE_STATUSES = ("running", "starting")
 INTERRUPTED_MESSAGE = "the process training this run stopped; resume it from its last checkpoint"
+# how often a run's processes look for a stop request in its folder
+STOP_FILE_CHECK_S = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +87,46 @@ class RunDir:
 
     @property
     def checkpoint(self) -> Path:
+        """The latest checkpoint: what a resumed run continues from."""
         return self.path / "checkpoint.pt"
+
+    @property
+    def best(self) -> Path:
+        """The best epoch's weights, when the run keeps the best epoch."""
+        return self.path / "best.pt"
+
+    @property
+    def model_checkpoint(self) -> Path:
+        """The weights that stand for the run in Evaluate, Predict and exports: the best epoch's
+        where the run kept it, else the latest."""
+        return self.best if self.best.is_file() else self.checkpoint
+
+    @property
+    def stop_file(self) -> Path:
+        """Created to ask the run's processes to stop at their next step (see StopFile)."""
+        return self.path / "stop-requested"
+
+    def request_stop(self) -> None:
+        self.stop_file.touch()
+
+    def error_file(self, rank: int) -> Path:
+        """Where process `rank` of a multi-process run writes why it failed."""
+        return self.path / f"process-{rank}-error.txt"
 
     def exists(self) -> bool:
         return (self.path / "config.json").is_file()
 
     def create(self, config: TrainConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=False)
-        atomic_write_text(self.path / "config.json", json.dumps(config.to_dict(), indent=2))
+        self.write_config(config)
         with open(self.path / "metrics.csv", "w", newline="") as fh:
             csv.writer(fh).writerow(METRIC_COLUMNS)
 
     def read_config(self) -> TrainConfig:
         return TrainConfig.from_dict(json.loads((self.path / "config.json").read_text()))
+
+    def write_config(self, config: TrainConfig) -> None:
+        atomic_write_text(self.path / "config.json", json.dumps(config.to_dict(), indent=2))
 
     def append_event(self, event: Event) -> None:
         row = dataclasses.asdict(event)
@@ -120,11 +152,26 @@ class RunDir:
 
     def read_events(self) -> list[dict]:
         """metrics.csv as dicts with numbers parsed (empty cells dropped)."""
+        return self.read_new_events(0)[0]
+
+    def read_new_events(self, offset: int) -> tuple[list[dict], int]:
+        """The events written to metrics.csv after byte `offset` (0: all of them), and the offset
+        to read from next time: a reader that follows a run another process writes parses each
+        line once. A line still being written is left for the next read."""
         path = self.path / "metrics.csv"
-        if not path.is_file():
-            return []
-        with open(path, newline="") as fh:
-            return [{k: _parse(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+        except OSError:
+            return [], offset
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        if offset == 0:
+            lines = lines[1:]  # the header
+        rows = csv.DictReader(lines, fieldnames=METRIC_COLUMNS)
+        return ([{k: _parse(v) for k, v in row.items() if v not in ("", None) and k is not None} for row in rows],
+                offset + len(complete))
 
 
 def _csv_value(value) -> str:
@@ -152,30 +199,105 @@ def failure_message(exc: BaseException) -> str:
 
 
 def starting_checkpoint(name: str, runs_root: str | Path, weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """The checkpoint that `init_from` names: a shipped model's name or the id of a run with a checkpoint."""
+    """The checkpoint a model name stands for (`init_from`, the CLI's model arguments): a shipped
+    model's name, or the id of a run with a checkpoint (its best epoch's where it kept one)."""
     for model in shipped_models(weights_dir):
         if model.name == name:
             return model.checkpoint
     with contextlib.suppress(RunError):
         run = RunDir(runs_root, name)
-        if run.checkpoint.is_file():
-            return run.checkpoint
+        if run.model_checkpoint.is_file():
+            return run.model_checkpoint
     shipped = ", ".join(m.name for m in shipped_models(weights_dir))
     raise RunError(f"nothing to start from named {name[:60]!r}: give a shipped model ({shipped}) or the id of a run "
                    "that has a checkpoint")
 
 
+class StopFile:
+    """A stop request kept as a file in the run's folder, so that a process that did not start
+    the run (the app that launched it, or a later GPU chunk's caller) can ask for it. Looked at
+    no more often than every STOP_FILE_CHECK_S seconds."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._checked = -math.inf
+        self._set = False
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self._set and now - self._checked >= STOP_FILE_CHECK_S:
+            self._checked = now
+            self._set = self.path.exists()
+        return self._set
+
+
+class AnyStop:
+    """Set when any of its signals is."""
+
+    def __init__(self, *signals: StopSignal):
+        self.signals = signals
+
+    def is_set(self) -> bool:
+        return any(signal.is_set() for signal in self.signals)
+
+
+def _starting_payloads(run_dir: RunDir, config: TrainConfig, resume: bool, world: World) -> tuple:
+    """(checkpoint to resume from, checkpoint to start from), read by process 0 and given to all."""
+    payloads = (None, None)
+    if world.is_main:
+        resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
+        init_weights = None
+        if config.init_from and not resume:
+            init_weights = checkpoints.read(starting_checkpoint(config.init_from, run_dir.root))
+        payloads = (resume_from, init_weights)
+    return world.broadcast(payloads)
+
+
+def _calibrate(run_dir: RunDir, data: ImageData, measurements: Measurements | None) -> str:
+    """Fit the temperature of the run's checkpoints on its validation images; what to log."""
+    lines = []
+    for path in (run_dir.checkpoint, run_dir.best):
+        if not path.is_file():
+            continue
+        try:
+            fitted = calibration.calibrate_checkpoint(path, data, measurements=measurements)
+        except calibration.CalibrationError as exc:
+            return f"probabilities are not calibrated: {exc}"
+        lines.append(f"{path.name}: {fitted.describe()}")
+    return "calibrated " + "; ".join(lines) if lines else ""
+
+
 def execute_run(run_dir: RunDir, config: TrainConfig, data: ImageData, *,
-                on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
+                on_event: Callable[[Event], None] | None = None, stop: StopSignal | None = None,
                 resume: bool = False, owner: str | None = None,
-                on_epoch_end: Callable | None = None, measurements: Measurements | None = None) -> FitResult | None:
+                on_epoch_end: Callable | None = None, measurements: Measurements | None = None,
+                deadline: float | None = None) -> FitResult | None:
     """Train one run in this thread, recording everything in `run_dir` (already created).
     `owner` is the owner's key (`owner_key`), never an identity. Returns the fit result, or None
-    when it failed (status.json says why).
-    `on_epoch_end(epoch, model)` is passed to `fit` (benchmarks measure test accuracy with it)."""
+    when it failed (status.json says why). A stop request in the run's folder (`RunDir.request_stop`)
+    stops it like `stop`. With a `deadline` the run may end paused, still "running" on disk, to be
+    continued by another call with `resume=True` (a chunk of a longer run).
+    `on_epoch_end(epoch, model)` is passed to `fit` (benchmarks measure test accuracy with it).
+
+    In a process group every process calls it: process 0 records the run, the others train
+    their share and write only the reason they failed, if they do."""
+    world = current_world()
+    stop = AnyStop(stop or threading.Event(), StopFile(run_dir.stop_file))
+    if not world.is_main:
+        try:
+            resume_from, init_weights = _starting_payloads(run_dir, config, resume, world)
+            return fit(config, data, run_id=run_dir.run_id, stop=stop, resume_from=resume_from,
+                       init_weights=init_weights, measurements=measurements, deadline=deadline)
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                atomic_write_text(run_dir.error_file(world.rank), f"{failure_message(exc)}\n\n"
+                                  + "".join(traceback.format_exception(exc)))
+            raise
     started = time.time()
-    status = {"status": "running", "pid": os.getpid(), "started": started, "message": "", "owner_key": owner,
-              "dataset": data.summary()}
+    previous = run_dir.read_status()  # a resumed run's, or what the app that launched this one wrote
+    status = {"status": "running", "pid": os.getpid(), "message": "", "dataset": data.summary(), "nproc": world.size,
+              "started": previous.get("started", started) if resume else started,
+              "owner_key": owner if owner is not None else stored_owner(previous)}
 
     def record(event: Event) -> None:
         run_dir.append_event(event)
@@ -189,20 +311,32 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: ImageData, *,
         if on_event is not None:
             on_event(event)
 
+    run_dir.stop_file.unlink(missing_ok=True)
     run_dir.write_status(**status)
-    run_dir.append_log(f"{'resumed' if resume else 'started'} {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                       f"on {data.source}: {json.dumps(config.to_dict())}")
+    how = "continued" if resume and deadline is not None else "resumed" if resume else "started"
+    processes = f" with {world.size} processes" if world.distributed else ""
+    run_dir.append_log(f"{how} {time.strftime('%Y-%m-%d %H:%M:%S')}{processes} on {data.source}: "
+                       f"{json.dumps(config.to_dict())}")
     result, end_status, message = None, "failed", ""
     try:
-        resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
-        init_weights = None
-        if config.init_from and not resume:
-            init_weights = checkpoints.read(starting_checkpoint(config.init_from, run_dir.root))
+        resume_from, init_weights = _starting_payloads(run_dir, config, resume, world)
+        if init_weights is not None:
             run_dir.append_log(f"starting from {config.init_from}")
         result = fit(config, data, run_id=run_dir.run_id, on_event=record, stop=stop,
-                     checkpoint_path=run_dir.checkpoint, resume_from=resume_from, init_weights=init_weights,
-                     on_epoch_end=on_epoch_end, measurements=measurements)
+                     checkpoint_path=run_dir.checkpoint, best_path=run_dir.best if config.keep_best else None,
+                     resume_from=resume_from, init_weights=init_weights, on_epoch_end=on_epoch_end,
+                     measurements=measurements, deadline=deadline)
         end_status, message = result.status, result.message
+        if result.best_epoch is not None:
+            status["best_epoch"] = result.best_epoch
+        if end_status == "paused":
+            status.update(message=f"{message}; continues from its checkpoint")
+            run_dir.write_status(**status)
+            return result
+        if end_status in ("finished", "stopped"):
+            calibrated = _calibrate(run_dir, data, measurements)
+            if calibrated:
+                run_dir.append_log(calibrated)
     except Exception as exc:  # the run ends as failed with the reason; the process lives on
         message = failure_message(exc)
         log.exception("run %s failed", run_dir.run_id)
@@ -217,6 +351,40 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: ImageData, *,
         except OSError:
             pass  # the disk that failed the run may refuse these too; the caller still gets the result
     return result
+
+
+def settle_after_exit(run_dir: RunDir, returncode: int | None, launcher_output: str = "") -> dict:
+    """After the processes of a run launched on their own have exited: if they left the run
+    looking active, or failed, record why in words: a process that torch.distributed.run's
+    summary names as killed first (say, by the kernel when memory ran out), else the failing
+    process's own message where it wrote one, else process 0's, else how the launcher ended.
+    Returns the run's final status."""
+    status = run_dir.read_status()
+    if status.get("status") in ("finished", "stopped", "diverged"):
+        return status
+    reasons = []
+    cause = root_cause(launcher_output)
+    if cause is not None and "killed" in cause:  # the others' lost connections are what followed from it
+        reasons.append(cause + "; the other processes stopped with it")
+    for path in [] if reasons else sorted(run_dir.path.glob("process-*-error.txt")):
+        rank = path.stem.split("-")[1]
+        first = path.read_text(errors="replace").strip().splitlines()[:1]
+        reasons.append(f"process {rank} failed: {first[0] if first else 'no message'}")
+    if not reasons and status.get("status") == "failed" and status.get("message"):
+        return status  # process 0 recorded its own failure
+    if not reasons:
+        if returncode is not None and returncode < 0:
+            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+            reasons.append(f"the training processes were killed by {name}")
+        else:
+            tail = launcher_output.strip().splitlines()[-1:]
+            reasons.append(f"the training processes exited with status {returncode}"
+                           + (f": {tail[0][:300]}" if tail else ""))
+    message = "; ".join(reasons)
+    status.update(status="failed", ended=time.time(), message=message)
+    run_dir.append_log(f"failed: {message}")
+    run_dir.write_status(**{k: v for k, v in status.items() if k != "updated"})
+    return status
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .imagesets import IMAGE_SIZES, is_image_set, load_image_set, scan_folder
 
 SYNTHETIC = "synthetic"
 CIFAR100 = "cifar100"  # --data cifar100: CIFAR-100 through torchvision, into --data-dir
+CIFAR100_KEY = "builtin/cifar100"  # a run config's `dataset` for CIFAR-100 chosen in the app's Data panel
 DEFAULT_DATASETS_DIR = "datasets"
 
 
@@ -76,6 +77,19 @@ class DataSource:
             return load_image_set(self.given, self.datasets_dir, self.image_size, self.val_fraction,
                                   progress=progress).data
         return load_cifar10(self.given, self.data_dir, download=download)
+
+    def to_args(self) -> list[str]:
+        """The command-line options (of `add_data_options`) that name this source."""
+        args = ["--data-dir", self.data_dir, "--datasets-dir", self.datasets_dir, "--image-size",
+                str(self.image_size), "--val-fraction", str(self.val_fraction)]
+        if self.data:
+            args += ["--data", self.data]
+        return args + ([] if self.download else ["--no-download"])
+
+    def for_dataset(self, dataset: str) -> DataSource:
+        """The source of a run config's `dataset`: this one for the default data ('') or an image set
+        key, CIFAR-100 for CIFAR100_KEY."""
+        return DataSource(CIFAR100, self.data_dir, self.download) if dataset == CIFAR100_KEY else self
 
     def expected_train_images(self) -> int:
         """How many training images the data set has, before loading it (a zip counts once extracted)."""

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from . import checkpoints
+from .calibration import Calibration, calibrate_checkpoint
 from .data import CIFAR10_CLASSES
-from .evaluate import evaluate
+from .evaluate import EvalResult, evaluate
 from .files import atomic_write_text
 from .inference import TTA_MODES
 
@@ -75,6 +76,7 @@ def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder
         "model": payload["model"],
         "width": payload.get("width", 1.0),
         "test_accuracy": round(test.accuracy, 4),
+        **calibration_card(loaded, test),
         "test_accuracy_tta": tta,
         "per_class_accuracy": dict(zip(test.classes, [round(float(a), 4) for a in test.per_class_accuracy])),
         "dataset": payload.get("dataset", {"name": "CIFAR-10", "classes": list(loaded.classes)}),
@@ -94,3 +96,26 @@ def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder
     checkpoints.save_atomic(slim, folder / f"{name}.pt")
     atomic_write_text(folder / f"{name}.json", json.dumps(card, indent=2) + "\n")
     return card
+
+
+def calibration_card(loaded: checkpoints.LoadedModel, test: EvalResult) -> dict:
+    """What a model card says about a model's confidence: its temperature, where it was fitted,
+    and the test set's expected calibration error before and after it."""
+    calibration = loaded.calibration
+    return {"calibration": calibration.to_dict() if calibration is not None else None,
+            "test_ece": {"raw": round(test.raw_ece, 4), "calibrated": round(test.calibrated_ece, 4)}}
+
+
+def calibrate_shipped(name: str, data, folder: Path = WEIGHTS_DIR) -> Calibration:
+    """Fit the shipped model `name`'s temperature on its validation split of `data` (the images
+    its config held out of training) and record it in its checkpoint and in its card, with the
+    test set's ECE before and after."""
+    model = next((m for m in shipped_models(folder) if m.name == name), None)
+    if model is None:
+        raise checkpoints.CheckpointError(f"no shipped model named {name!r}")
+    fitted = calibrate_checkpoint(model.checkpoint, data)
+    loaded = checkpoints.load_model(model.checkpoint)
+    test = evaluate(loaded, data.test_images, data.test_labels)
+    card = {**model.card, **calibration_card(loaded, test)}
+    atomic_write_text(folder / f"{name}.json", json.dumps(card, indent=2) + "\n")
+    return fitted

@@ -11,7 +11,16 @@ from cifarapp.config import ConfigError, TrainConfig
 from cifarapp.models import build_model
 from cifarapp.predict import predict_pixels
 from cifarapp.presets import PRESETS
-from cifarapp.train import EpochEvent, Lookahead, StepEvent, fit, group_lr_scales, lr_factor, make_optimizer
+from cifarapp.train import (
+    EpochEvent,
+    Lookahead,
+    StepEvent,
+    TrainingError,
+    fit,
+    group_lr_scales,
+    lr_factor,
+    make_optimizer,
+)
 
 QUICK = dict(model="lenet", epochs=3, batch_size=64, val_size=200, lr=0.002)
 
@@ -244,3 +253,72 @@ def test_fp16_with_loss_scaling_learns_and_resumes_on_the_cpu(small_data, tmp_pa
     assert saved["scaler"].get("scale", 0) > 0, "the loss scaler was enabled and saved"
     resumed = fit(replace(config, epochs=3), small_data, resume_from=saved)
     assert resumed.status == "finished" and len(resumed.history) == 3
+
+
+def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_stop_mid_epoch_resumes_exactly_from_that_step(small_data, tmp_path):
+    cfg = TrainConfig(**{**QUICK, "model": "lenet_bn", "schedule": "onecycle", "lookahead": True,
+                         "augment": ("crop", "flip", "cutout")})
+    full = fit(cfg, small_data)
+    stop = threading.Event()
+
+    def on_event(event):
+        if isinstance(event, StepEvent) and event.step == 40:  # epoch 2, step 11 of 29
+            stop.set()
+
+    ckpt = tmp_path / "c.pt"
+    part = fit(cfg, small_data, on_event=on_event, stop=stop, checkpoint_path=ckpt)
+    saved = checkpoints.read(ckpt)
+    assert part.status == "stopped" and saved["epochs_done"] == 1
+    assert saved["position"]["epoch"] == 1 and saved["position"]["step"] == 11
+    resumed = fit(cfg, small_data, checkpoint_path=ckpt, resume_from=saved)
+    assert resumed.status == "finished"
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    assert _state_equal(full.model, resumed.model)
+
+
+def test_a_deadline_pauses_before_it_and_a_chain_of_chunks_equals_one_run(small_data, tmp_path):
+    import time as clock
+
+    cfg = TrainConfig(**{**QUICK, "epochs": 2, "augment": ("translate", "alt_flip"), "lookahead": True})
+    full = fit(cfg, small_data)
+    ckpt = tmp_path / "c.pt"
+    started = clock.monotonic()
+    first = fit(cfg, small_data, checkpoint_path=ckpt, deadline=clock.monotonic() + 1.5)
+    assert first.status == "paused" and clock.monotonic() - started < 6
+    chunks, result = 1, first
+    while result.status == "paused":
+        result = fit(cfg, small_data, checkpoint_path=ckpt, resume_from=checkpoints.read(ckpt),
+                     deadline=clock.monotonic() + 1.5)
+        chunks += 1
+    assert result.status == "finished" and chunks >= 3
+    assert _state_equal(full.model, result.model)
+    assert [h["val_acc"] for h in result.history] == [h["val_acc"] for h in full.history]
+
+
+def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_weights_exactly(small_data, tmp_path):
+    cfg = TrainConfig(**{**QUICK, "epochs": 30, "lr": 0.02, "patience": 2, "keep_best": True,
+                         "monitor": "val_loss"})
+    states = {}
+    best_path = tmp_path / "best.pt"
+    result = fit(cfg, small_data, checkpoint_path=tmp_path / "c.pt", best_path=best_path,
+                 on_epoch_end=lambda epoch, model: states.__setitem__(
+                     epoch, {k: v.clone() for k, v in model.state_dict().items()}))
+    losses = [h["val_loss"] for h in result.history]
+    best = int(np.argmin(losses))
+    assert result.status == "finished" and "stopped early" in result.message
+    assert len(result.history) == best + 1 + 2 < 30, "stopped two epochs after the best one"
+    assert result.best_epoch == best + 1 and f"the best epoch was {best + 1}" in result.message
+    kept = checkpoints.read(best_path)
+    assert kept["best_epoch"] == best + 1 and "optimizer" not in kept
+    for key, value in states[best + 1].items():
+        assert torch.equal(kept["state_dict"][key], value.cpu())
+        assert torch.equal(result.model.state_dict()[key], value)
+
+
+def test_early_stopping_needs_validation_images(small_data):
+    with pytest.raises(TrainingError, match="validation"):
+        fit(TrainConfig(**{**QUICK, "val_size": 0, "patience": 2}), small_data)

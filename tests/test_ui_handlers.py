@@ -5,6 +5,7 @@ import shlex
 import numpy as np
 import pytest
 
+from cifarapp import figures
 from cifarapp.__main__ import build_parser, config_from_args
 from cifarapp.config import ConfigError, TrainConfig, cli_command
 from cifarapp.presets import PRESETS
@@ -88,14 +89,44 @@ def test_plot_frames():
     loss = charts.loss_frame(_snap(steps=steps, epochs=epochs))
     assert set(loss["series"]) == {"train (per step)", "train (smoothed)", "train (epoch)", "val (epoch)"}
     per_step = loss[loss["series"] == "train (per step)"]
-    assert per_step["epoch"].tolist() == pytest.approx([s / 10 for s in range(1, 11)])  # 10 steps per epoch
+    assert per_step["x"].tolist() == pytest.approx([s / 10 for s in range(1, 11)])  # 10 steps per epoch
+    by_step = charts.loss_frame(_snap(steps=steps, epochs=epochs), x_axis="step")
+    assert by_step[by_step["series"] == "train (per step)"]["x"].tolist() == list(range(1, 11))
+    by_time = charts.loss_frame(_snap(steps=steps, epochs=epochs), x_axis="time", log_scale=True)
+    timed = by_time[by_time["series"] == "train (per step)"]
+    assert timed["x"].tolist() == [float(s) for s in range(1, 11)]
+    assert timed["loss"].tolist() == pytest.approx([np.log10(2.0 - s / 20) for s in range(1, 11)])
     acc = charts.accuracy_frame(_snap(epochs=epochs))
     assert acc[acc["series"] == "val"]["accuracy"].tolist() == [0.45]
     assert charts.loss_frame(_snap()) is None and charts.accuracy_frame(_snap()) is None
 
 
+def test_a_long_runs_curves_are_averaged_down_so_polls_stay_small():
+    total = 20 * 1000  # 20 epochs of 1,000 reported steps each
+    steps = [{"epoch": 1 + s // 1000, "step": s, "total_steps": total, "loss": 3.0 - s / total, "lr": 0.1,
+              "images_per_s": 1.0, "elapsed_s": s / 10} for s in range(1, total + 1)]
+    snap = _snap(steps=steps)
+    snap.config = {**snap.config, "epochs": 20}
+    frame = charts.loss_frame(snap)
+    per_step = frame[frame["series"] == "train (per step)"]
+    assert len(per_step) == charts.MAX_STEP_POINTS and len(frame) == 2 * charts.MAX_STEP_POINTS
+    assert per_step["x"].iloc[0] < 0.1 and per_step["x"].iloc[-1] > 19.9  # the whole run, first to last
+    assert per_step["loss"].mean() == pytest.approx(np.mean([s["loss"] for s in steps]), rel=1e-3)
+    assert len(frame.to_json()) < 60_000
+
+
+def test_config_differences_list_only_what_differs():
+    a, b = _snap(), _snap()
+    a.config, b.config = {"model": "lenet", "lr": 0.001, "augment": []}, {"model": "lenet", "lr": 0.01,
+                                                                          "augment": ["flip"]}
+    a.run_id, b.run_id = "run-a", "run-b"
+    table = charts.config_differences([a, b])
+    assert table.columns.tolist() == ["setting", "run-a", "run-b"]
+    assert table.values.tolist() == [["lr", "0.001", "0.01"], ["augment", "none", "flip"]]
+
+
 def test_confusion_figure_and_upscale():
-    fig = charts.confusion_figure(np.array([[3, 1], [0, 4]]), ["a", "b"])
+    fig = figures.confusion_figure(np.array([[3, 1], [0, 4]]), ["a", "b"])
     texts = sorted(t.get_text() for t in fig.axes[0].texts)
     assert texts == ["0", "1", "3", "4"]
     big = charts.upscale(np.arange(12, dtype=np.uint8).reshape(2, 2, 3), 3)

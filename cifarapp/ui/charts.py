@@ -5,18 +5,22 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 
 import gradio as gr
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
 
 from ..runs import RunSnapshot
 
-MAX_STEP_POINTS = 1500
+# a long run's per-step curves are averaged in buckets down to this many points per series, so a
+# 20-epoch run's poll sends as little as a short one's
+MAX_STEP_POINTS = 300
 # the loss plot waits for a few points: one point alone gets an axis with ticks like 0.017045
 MIN_STEP_POINTS = 3
+# what the x-axis of a run's curves can count, and its title
+X_AXES = {"epoch": "epoch", "step": "step", "time": "time (s)"}
 
 
 def _steps_per_epoch(snap: RunSnapshot) -> float:
@@ -25,40 +29,61 @@ def _steps_per_epoch(snap: RunSnapshot) -> float:
     return (last["total_steps"] / epochs) if last else 1.0
 
 
+def _bucketed(frame: pd.DataFrame, limit: int = MAX_STEP_POINTS) -> pd.DataFrame:
+    """`frame` with at most `limit` rows: consecutive rows averaged in equal buckets."""
+    if len(frame) <= limit:
+        return frame
+    return frame.groupby(np.arange(len(frame)) * limit // len(frame)).mean()
+
+
+def axis_title(x_axis: str, log_scale: bool = False, what: str = "loss") -> tuple[str, str]:
+    """(x title, y title) of a run's curves."""
+    return X_AXES.get(x_axis, "epoch"), (f"log10 {what}" if log_scale else what)
+
+
 # The frame builders return None when there is nothing to draw: a Gradio LinePlot that is once
 # given an empty frame stops drawing lines (Gradio 6.31), so callers leave the plot as it is.
 
 
-def loss_frame(snap: RunSnapshot) -> pd.DataFrame | None:
-    """Long-format frame (epoch, loss, series): per-step raw and smoothed train loss, per-epoch
-    train and val loss, all on one axis in epochs."""
+def loss_frame(snap: RunSnapshot, x_axis: str = "epoch", log_scale: bool = False) -> pd.DataFrame | None:
+    """Long-format frame (x, loss, series): per-step raw and smoothed train loss, per-epoch train
+    and val loss, against epochs, steps or seconds of training (`x_axis`, one of X_AXES); with
+    `log_scale` the loss is log10 (a loss that falls by orders of magnitude stays readable)."""
     rows = []
+    per_epoch = _steps_per_epoch(snap)
     if len(snap.steps) >= MIN_STEP_POINTS or snap.epochs:
-        per_epoch = _steps_per_epoch(snap)
         steps = pd.DataFrame(snap.steps)
-        steps = steps[np.isfinite(steps["loss"])]
-        x = steps["step"] / per_epoch
-        smooth = steps["loss"].ewm(alpha=0.15).mean()
-        stride = max(1, len(steps) // MAX_STEP_POINTS)
-        rows.append(pd.DataFrame({"epoch": x, "loss": steps["loss"], "series": "train (per step)"}).iloc[::stride])
-        rows.append(pd.DataFrame({"epoch": x, "loss": smooth, "series": "train (smoothed)"}).iloc[::stride])
+        steps = steps[np.isfinite(steps["loss"]) & (steps["loss"] > 0)]
+        x = {"epoch": steps["step"] / per_epoch, "step": steps["step"], "time": steps["elapsed_s"]}[x_axis]
+        raw = pd.DataFrame({"x": x, "loss": steps["loss"]})
+        smooth = pd.DataFrame({"x": x, "loss": steps["loss"].ewm(alpha=0.15).mean()})
+        rows.append(_bucketed(raw).assign(series="train (per step)"))
+        rows.append(_bucketed(smooth).assign(series="train (smoothed)"))
     if snap.epochs:
         epochs = pd.DataFrame(snap.epochs)
-        rows.append(pd.DataFrame({"epoch": epochs["epoch"], "loss": epochs["train_loss"], "series": "train (epoch)"}))
-        rows.append(pd.DataFrame({"epoch": epochs["epoch"], "loss": epochs["val_loss"], "series": "val (epoch)"}))
+        x = {"epoch": epochs["epoch"], "step": epochs["epoch"] * per_epoch,
+             "time": epochs.get("elapsed_s", epochs["epoch"])}[x_axis]
+        rows.append(pd.DataFrame({"x": x, "loss": epochs["train_loss"], "series": "train (epoch)"}))
+        rows.append(pd.DataFrame({"x": x, "loss": epochs["val_loss"], "series": "val (epoch)"}))
     if not rows:
         return None
-    return pd.concat(rows, ignore_index=True).dropna()
+    frame = pd.concat(rows, ignore_index=True).dropna()
+    if log_scale:
+        frame = frame[frame["loss"] > 0].assign(loss=lambda f: np.log10(f["loss"]))
+    return frame
 
 
-def accuracy_frame(snap: RunSnapshot) -> pd.DataFrame | None:
-    """Long-format frame (epoch, accuracy, series): val accuracy and (augmented) train accuracy."""
+def accuracy_frame(snap: RunSnapshot, x_axis: str = "epoch") -> pd.DataFrame | None:
+    """Long-format frame (x, accuracy, series): val accuracy and (augmented) train accuracy per
+    epoch, against epochs, steps or seconds (`x_axis`)."""
     if not snap.epochs:
         return None
     epochs = pd.DataFrame(snap.epochs)
-    frames = [pd.DataFrame({"epoch": epochs["epoch"], "accuracy": epochs["val_acc"], "series": "val"})]
+    x = {"epoch": epochs["epoch"], "step": epochs["epoch"] * _steps_per_epoch(snap),
+         "time": epochs.get("elapsed_s", epochs["epoch"])}[x_axis]
+    frames = [pd.DataFrame({"x": x, "accuracy": epochs["val_acc"], "series": "val"})]
     if "train_acc" in epochs:
-        frames.append(pd.DataFrame({"epoch": epochs["epoch"], "accuracy": epochs["train_acc"],
+        frames.append(pd.DataFrame({"x": x, "accuracy": epochs["train_acc"],
                                     "series": "train (augmented, during the epoch)"}))
     return pd.concat(frames, ignore_index=True).dropna()
 
@@ -77,28 +102,24 @@ def overlay_frames(snaps: list[RunSnapshot]) -> tuple[pd.DataFrame | None, pd.Da
     return (loss_df if len(loss_df) else None), (acc_df if len(acc_df) else None)
 
 
+def config_differences(snaps: list[RunSnapshot]) -> pd.DataFrame:
+    """The settings in which the runs' configs differ: one row per setting, one column per run."""
+    configs = [snap.config for snap in snaps]
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c)
+            if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    return pd.DataFrame([[key, *(_setting_text(c.get(key)) for c in configs)] for key in keys],
+                        columns=["setting", *(snap.run_id for snap in snaps)])
+
+
+def _setting_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "none"
+    return "–" if value in (None, "") else str(value)
+
+
 def plot_update(frame: pd.DataFrame | None):
     """A LinePlot value, or gr.skip() when there is nothing to draw yet."""
     return gr.skip() if frame is None else frame
-
-
-def confusion_figure(confusion: np.ndarray, classes) -> Figure:
-    """A labelled heatmap with the count in every cell (rows = true class)."""
-    fig = Figure(figsize=(7.5, 6.5), dpi=100)
-    ax = fig.add_subplot()
-    row_share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    im = ax.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), labels=classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), labels=classes)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    for i in range(confusion.shape[0]):
-        for j in range(confusion.shape[1]):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if row_share[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    fig.tight_layout()
-    return fig
 
 
 def pixels_html(image_hwc: np.ndarray, caption: str, size: int = 160) -> str:
@@ -115,22 +136,3 @@ def pixels_html(image_hwc: np.ndarray, caption: str, size: int = 160) -> str:
 def upscale(image_hwc: np.ndarray, factor: int = 4) -> np.ndarray:
     """Nearest-neighbour enlargement, so a 32x32 image is visible as the model sees it."""
     return np.repeat(np.repeat(image_hwc, factor, axis=0), factor, axis=1)
-
-
-def class_counts_figure(classes, counts_by_split: dict[str, list[int]]) -> Figure:
-    """Horizontal bars of images per class, one colour per split (train, val, test)."""
-    fig = Figure(figsize=(6.5, 0.45 * len(classes) + 1.2), dpi=100)
-    ax = fig.add_subplot()
-    left = np.zeros(len(classes))
-    for split, counts in counts_by_split.items():
-        ax.barh(range(len(classes)), counts, left=left, label=split)
-        left += np.asarray(counts)
-    for i, total in enumerate(left):
-        ax.text(total, i, f" {int(total)}", va="center", fontsize=9)
-    ax.set_yticks(range(len(classes)), labels=classes)
-    ax.invert_yaxis()
-    ax.set_xlabel("images")
-    ax.set_xlim(0, max(left.max(initial=1), 1) * 1.15)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -11,6 +11,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from .. import figures
 from ..imagesets import IMAGE_SIZES, ImageSet, ImageSetError
 from ..library import ImageSetLibrary
 from ..limits import RateLimited
@@ -99,7 +100,7 @@ def counts_figure(image_set: ImageSet):
     if data.test_name == "test set":
         splits["test"] = data.test_labels
     n = len(data.classes)
-    return charts.class_counts_figure(data.classes,
+    return figures.class_counts_figure(data.classes,
                                       {s: torch.bincount(y, minlength=n).tolist() for s, y in splits.items()})
 
 

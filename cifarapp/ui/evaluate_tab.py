@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from .. import figures
 from ..catalog import RUN_PREFIX
 from ..checkpoints import CheckpointError
 from ..data import DataUnavailableError
@@ -69,7 +70,7 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
                 f"{f' · {tta_mode} TTA' if tta_mode != 'none' else ''}")
         kept = " The test accuracy is kept with the run (Runs tab)." if recorded else ""
         return (f"Evaluated on {where.rstrip('.')}.{kept}", head, table, table[["class", "accuracy"]],
-                charts.confusion_figure(result.confusion, result.classes), gallery)
+                figures.confusion_figure(result.confusion, result.classes), gallery)
 
     # one evaluation at a time (see charts.pixels_html on cached outputs); every client goes
     # through the queue, so this holds for API calls too
