@@ -45,6 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Train-tab polls one session may send per second (the page sends one)")
     parser.add_argument("--cache-max-age", type=int, default=3600,
                         help="seconds after which uploads and generated downloads are deleted")
+    parser.add_argument("--isolate-runs", action="store_true",
+                        help="train every run in processes of its own (runs with several processes always do): "
+                             "a crash or an out-of-memory kill then ends only that run")
+    parser.add_argument("--gpu-chunk-seconds", type=float, default=None,
+                        help="train runs as chains of GPU calls of this many seconds (the default on a ZeroGPU Space: "
+                             "60, or $CIFARAPP_GPU_CHUNK_S)")
     parser.add_argument("--host", default=None, help="address to listen on (default: Gradio's, 0.0.0.0 on a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
     return parser.parse_args(argv)
@@ -58,7 +64,8 @@ def main(argv=None) -> None:
                             max_active=args.max_trainers,
                             rules=RunRules(args.abandon_after,
                                            args.max_run_minutes * 60 if args.max_run_minutes else None),
-                            limits=limits, cache_max_age_s=args.cache_max_age)
+                            limits=limits, cache_max_age_s=args.cache_max_age, isolate_runs=args.isolate_runs,
+                            gpu_chunk_s=args.gpu_chunk_seconds)
     launch(build_app(ctx), ctx, server_name=args.host, server_port=args.port)
 
 

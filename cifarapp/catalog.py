@@ -18,8 +18,9 @@ RUN_PREFIX = "run:"
 class ModelCatalog:
     """Lists model choices as (label, key) pairs and loads them, keeping a few in memory.
 
-    Keys are `shipped:<name>` or `run:<run_id>`; a run's checkpoint is reloaded when it changes
-    on disk (a run that is still training writes a new one every epoch).
+    Keys are `shipped:<name>` or `run:<run_id>`; a run stands for its best epoch's weights where
+    it kept them, else its latest checkpoint, which is reloaded when it changes on disk (a run that
+    is still training writes a new one every epoch).
     """
 
     def __init__(self, manager: RunManager, weights_dir: Path = WEIGHTS_DIR, cache_size: int = 4):
@@ -34,9 +35,11 @@ class ModelCatalog:
         items = [(f"shipped: {m.name} (CIFAR-10, {m.test_accuracy:.1%} test acc)", SHIPPED_PREFIX + m.name)
                  for m in shipped_models(self.weights_dir)]
         for run in self.manager.list_runs():
-            if self.manager.run_dir(run.run_id).checkpoint.is_file():
+            run_dir = self.manager.run_dir(run.run_id)
+            if run_dir.checkpoint.is_file():
                 best = f", best val {run.best_val_acc:.1%}" if run.best_val_acc is not None else ""
-                items.append((f"run: {run.run_id} ({run.dataset}; {run.status}{best})", RUN_PREFIX + run.run_id))
+                kept = ", its best epoch" if run_dir.best.is_file() else ""
+                items.append((f"run: {run.run_id} ({run.dataset}; {run.status}{best}{kept})", RUN_PREFIX + run.run_id))
         return items
 
     def default_key(self) -> str | None:
@@ -55,7 +58,7 @@ class ModelCatalog:
             raise CheckpointError(f"no shipped model named {name!r}")
         if key.startswith(RUN_PREFIX):
             try:
-                path = self.manager.run_dir(key[len(RUN_PREFIX):]).checkpoint
+                path = self.manager.run_dir(key[len(RUN_PREFIX):]).model_checkpoint
             except RunError as exc:
                 raise CheckpointError(str(exc)) from None
             if not path.is_file():

@@ -30,8 +30,10 @@ from .train import StopSignal, Trainer, check_fit, set_lr, train_step, training_
 DEFAULT_STEPS = 100  # fastai's default; enough points for a smooth curve in a minute or two
 DEFAULT_LR_MIN = 1e-7
 DEFAULT_LR_MAX = 10.0
-# exponential moving average of the loss, with bias correction (as fastai)
-SMOOTHING = 0.98
+# the loss is smoothed by an exponential moving average (with bias correction) over about this
+# share of the test's steps: fastai's fixed 0.98 averages over 50 steps, which for a 100-step test
+# lags the curve by four decades of lr
+SMOOTHING_WINDOW = 0.05
 # the test stops once the smoothed loss exceeds this many times its minimum
 EXPLODE_FACTOR = 4.0
 # the first steps' loss says little (the average is still forming); they are not candidates
@@ -93,6 +95,7 @@ def find_lr(config: TrainConfig, data: ImageData, *, steps: int = DEFAULT_STEPS,
         run.model.load_state_dict(copy.deepcopy(model.state_dict()))
     lrs, losses, smoothed = [], [], []
     average, best, stopped = 0.0, math.inf, f"reached lr {lr_max:g}"
+    beta = 1 - 1 / max(2.0, SMOOTHING_WINDOW * steps)
     gen, order, epoch, position = None, None, -1, run.epoch_steps
     for step in range(steps):
         if stop is not None and stop.is_set():
@@ -115,10 +118,10 @@ def find_lr(config: TrainConfig, data: ImageData, *, steps: int = DEFAULT_STEPS,
         if not math.isfinite(value):
             stopped = f"the loss became {value} at lr {lr:.2g}"
             break
-        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        average = beta * average + (1 - beta) * value
         lrs.append(lr)
         losses.append(value)
-        smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
+        smoothed.append(average / (1 - beta ** (step + 1)))
         best = min(best, smoothed[-1])
         if step > steps * SKIP_FRACTION and smoothed[-1] > EXPLODE_FACTOR * best:
             stopped = f"the loss exploded at lr {lr:.2g}"

@@ -354,9 +354,12 @@ class RunManager:
     def _finish(self, live: _LiveRun) -> None:
         """Record the end of a run (its status is on disk)."""
         status = live.run_dir.read_status()
+        calibrated = [line for line in live.run_dir.read_log().splitlines() if line.startswith("calibrated")][-1:]
         with self._lock:
             if live.in_files:
                 live.catch_up()
+            else:
+                live.log.extend(calibrated)
             live.status = status.get("status", "failed")
             live.message = live.message if live.status == "stopped" and live.message else status.get("message", "")
             live.log.append(f"{live.status}: {live.message}")

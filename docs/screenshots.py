@@ -105,7 +105,7 @@ def main() -> None:
             page.wait_for_function(
                 "(() => { const l = document.querySelector('#predict-label'); "
                 "return l && !/Predicting/.test(l.innerText) && /\\d+%/.test(l.innerText); })()")
-            page.locator("#predict-seen img").wait_for()
+            page.locator("#predict-seen img").first.wait_for()
             page.wait_for_timeout(800)
             page.screenshot(path=str(out / "screenshot_predict.png"), full_page=False)
 

@@ -42,7 +42,8 @@ def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
 
     image = tmp_path / "shape.png"
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(image)
-    label, seen, message = bob.predict(f"run:{run_id}", handle_file(str(image)), api_name="/predict")
+    label, answer, seen, message = bob.predict(f"run:{run_id}", handle_file(str(image)), api_name="/predict")
+    assert "Grad-CAM" in seen and answer.startswith("###")
     assert label["label"] in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     confidences = [c["confidence"] for c in label["confidences"]]
     assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1.001
@@ -50,10 +51,10 @@ def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
 
     bad = tmp_path / "bad.png"
     bad.write_text("not a png")
-    label, seen, message = bob.predict(f"run:{run_id}", handle_file(str(bad)), api_name="/predict")
+    label, answer, seen, message = bob.predict(f"run:{run_id}", handle_file(str(bad)), api_name="/predict")
     assert "bad.png: not an image file" in message and not seen
     again = bob.predict(f"run:{run_id}", handle_file(str(image)), api_name="/predict")
-    assert again[0]["label"] and again[2] == "", "the server keeps serving after a bad file"
+    assert again[0]["label"] and again[3] == "", "the server keeps serving after a bad file"
     rows, message = bob.predict(f"run:{run_id}", [handle_file(str(image)), handle_file(str(bad))],
                                 api_name="/predict_files")
     assert len(rows["data"]) == 1 and "bad.png" in message

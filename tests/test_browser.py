@@ -121,7 +121,7 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
     page.locator("#predict-image input[type=file]").set_input_files(str(png))
     label = wait_for_prediction(page)
     assert re.search(r"(airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck)", label)
-    page.locator("#predict-seen img").wait_for()
+    page.locator("#predict-seen img").first.wait_for()
     page.screenshot(path=str(SHOTS / "predict.png"), full_page=True)
 
     # Runs
@@ -132,13 +132,24 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
 
 
 def start_and_wait(page) -> str:
-    """Press Start and return the status line once this run has ended or was refused (the line may
-    still show an earlier run of this browser's when Start is pressed)."""
-    before = page.locator("#train-status").inner_text()
+    """Press Start and return the status line once the run it started has ended, or once it was
+    refused. The line may show an earlier run of this browser's until the poll after Start (a
+    freshly loaded page's first poll can even draw that earlier run after the click), so the run
+    is followed by the id that Start answers with."""
     page.get_by_role("button", name="Start training").click()
-    page.wait_for_function(
-        "([before]) => { const t = document.querySelector('#train-status')?.innerText || '';"
-        " return t !== before && /finished|failed|diverged|Not started/.test(t); }", arg=[before])
+    page.wait_for_function("/starting|Not started/.test(document.querySelector('#train-status')?.innerText || '')")
+    text = page.locator("#train-status").inner_text()
+    started = re.search(r"starting\s+run\s+(\S+?)…", text)
+    if started is None:
+        return text
+    try:
+        page.wait_for_function(
+            "([id]) => { const t = document.querySelector('#train-status')?.innerText || '';"
+            " return t.includes(id) && /finished|failed|diverged/.test(t); }", arg=[started.group(1)],
+            timeout=240_000)
+    except Exception:
+        page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+        raise AssertionError(f"run {started.group(1)}: {page.locator('#train-status').inner_text()}") from None
     return page.locator("#train-status").inner_text()
 
 

@@ -73,3 +73,36 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "Epoch [40/40]" in resumed.stdout
     assert json.loads((folder / "status.json").read_text())["status"] == "finished"
+
+
+def test_insight_commands_lr_find_evaluate_explain_calibrate_export(tmp_path):
+    lr = cli("lr-find", "--data", "synthetic", "--model", "lenet", "--val-size", "200", "--steps", "40",
+             "--plot", "lr.png", cwd=tmp_path)
+    assert lr.returncode == 0, lr.stderr
+    suggested = float(lr.stdout.split("suggested lr: ")[1].split()[0])
+    assert 1e-5 < suggested < 1 and (tmp_path / "lr.png").stat().st_size > 10_000
+    train = cli("train", "--data", "synthetic", "--model", "lenet_bn", "--epochs", "3", "--val-size", "200",
+                "--keep-best", "--patience", "5", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    run_id = train.stdout.split()[1]
+    folder = tmp_path / "runs" / run_id
+    assert (folder / "best.pt").is_file() and "the best epoch was" in train.stdout
+    assert "calibrated" in (folder / "log.txt").read_text(), "the run ends calibrated on its validation images"
+    ev = cli("evaluate", run_id, "--data", "synthetic", "--json", "e.json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert "precision" in ev.stdout and "F1" in ev.stdout and "ECE" in ev.stdout
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert 0 <= result["ece"] <= 1 and result["temperature"] != 1.0 and len(result["f1"]) == 10
+    Image.fromarray(np.full((50, 70, 3), 128, np.uint8)).save(tmp_path / "x.png")
+    pr = cli("predict", "x.png", "--model", run_id, "--explain", "maps", cwd=tmp_path)
+    assert pr.returncode == 0, pr.stderr
+    assert (tmp_path / "maps" / "x_gradcam.png").is_file() and "heat map:" in pr.stdout
+    cal = cli("calibrate", run_id, "--data", "synthetic", cwd=tmp_path)
+    assert cal.returncode == 0 and "temperature" in cal.stdout, cal.stderr
+    ex = cli("export", run_id, "--format", "onnx", "--output", "m.onnx", cwd=tmp_path)
+    if ex.returncode == 0:
+        assert (tmp_path / "m.onnx").is_file() and "max |difference|" in ex.stdout
+    else:  # onnx, onnxruntime or onnxscript missing: the message says how to install them
+        assert 'pip install "cifarapp[export]"' in ex.stderr, ex.stderr
+    missing = cli("export", run_id, cwd=tmp_path)
+    assert missing.returncode == 2 and "--format onnx" in missing.stderr

@@ -114,6 +114,17 @@ def test_two_processes_train_one_run_as_one_process_does(tmp_path):
     assert ((a - b).norm() / a.norm()).item() < 0.05
 
 
+def test_torchrun_launched_by_hand_trains_one_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "cifarapp", "train", *TRAIN, "--epochs", "1"], cwd=tmp_path, capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = only_run(tmp_path / "runs")  # one run folder, written by process 0
+    assert json.loads((folder / "config.json").read_text())["nproc"] == 2
+    assert json.loads((folder / "status.json").read_text())["status"] == "finished"
+    assert out.stdout.count("Epoch [1/1]") == 1, "process 0 alone reports"
+
+
 def test_ctrl_c_stops_every_process_at_one_step_and_the_run_resumes_with_one_process(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cifarapp", "train", *TRAIN, "--epochs", "30", "--nproc", "2"],
                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -172,3 +172,24 @@ def test_missing_packages_say_how_to_install_them(tmp_path, monkeypatch):
     imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert "torch" in imported and not imported & {"onnx", "onnxruntime", "onnxscript"}
+
+
+def test_the_readme_snippet_runs_an_export_with_onnxruntime_alone(tmp_path):
+    """The README's ten lines, run as written (in a fresh interpreter) on an exported model and a photo."""
+    import re
+    import subprocess
+
+    from conftest import ROOT
+    from PIL import Image
+
+    snippet = re.search(r"```python\n(import json, numpy as np, onnxruntime as ort\n.*?)```",
+                        (ROOT / "README.md").read_text(), re.DOTALL).group(1)
+    assert len(snippet.strip().splitlines()) <= 10
+    export.export_onnx(make_payload("lenet"), tmp_path / "model.onnx", check_images=16)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(
+        tmp_path / "photo.jpg")
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n" + snippet],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    name, percent = done.stdout.strip().rsplit(" ", 1)
+    assert name in CLASSES and percent.endswith("%")

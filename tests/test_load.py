@@ -46,8 +46,8 @@ def test_twenty_predict_sessions_while_training(app_server, tmp_path):
         while time.monotonic() < deadline:
             t = time.perf_counter()
             try:
-                label, seen, message = client.predict("shipped:fastnet", handle_file(str(image)),
-                                                     api_name="/predict")
+                label, _, seen, message = client.predict("shipped:fastnet", handle_file(str(image)),
+                                                        api_name="/predict")
             except Exception as exc:  # any failure counts; the assertion below lists them
                 errors.append(repr(exc))
                 continue

@@ -194,3 +194,38 @@ def test_a_failed_runs_traceback_is_in_its_log_and_the_server_log(small_data, ru
     text = (runs_root / snap.run_id / "log.txt").read_text()
     assert "Traceback (most recent call last)" in text and "in broken" in text
     assert any(record.exc_info and "a bug in the training step" in str(record.exc_info[1]) for record in caplog.records)
+
+
+def test_a_run_trained_as_a_chain_of_short_gpu_calls_equals_one_run(small_data, runs_root):
+    """The ZeroGPU path with `spaces.GPU` as the identity: each call continues from the checkpoint
+    the one before it left and pauses before its time is up; exact resume makes the chain one run."""
+    from cifarapp import checkpoints
+
+    from cifarapp.hardware import Measurements
+
+    config = TrainConfig(**{**QUICK, "epochs": 3, "augment": ("translate", "alt_flip"), "lookahead": True})
+    measurements = Measurements()  # both runs compute in the same layout (the choice is a measurement)
+    alone = fit(config, small_data, measurements=measurements)
+    manager = RunManager(runs_root, lambda: small_data, gpu_chunk_s=1.5, measurements=measurements)
+    run_id = manager.start(config, owner="alice")
+    snap = manager.wait(run_id, timeout=300)
+    assert snap.status == "finished", snap.message
+    log = (runs_root / run_id / "log.txt").read_text()
+    assert log.count("continued") >= 2, "the run took several calls"
+    chained = checkpoints.read(runs_root / run_id / "checkpoint.pt")["state_dict"]
+    for key, value in alone.model.state_dict().items():
+        assert torch.equal(chained[key], value.cpu()), key
+    assert [e["val_acc"] for e in snap.epochs] == pytest.approx([h["val_acc"] for h in alone.history], abs=1e-5)
+
+
+def test_a_chained_run_stops_between_calls_and_refuses_what_zero_gpu_cannot_do(small_data, runs_root):
+    manager = RunManager(runs_root, lambda: small_data, gpu_chunk_s=1.0)
+    run_id = manager.start(TrainConfig(**SLOW), owner="alice")
+    assert wait_for(lambda: len(manager.snapshot(run_id).steps) > 3)
+    assert manager.stop(run_id, "alice")
+    snap = manager.wait(run_id, timeout=120)
+    assert snap.status == "stopped" and snap.has_checkpoint
+    with pytest.raises(RunError, match="1 process"):
+        manager.start(TrainConfig(**{**QUICK, "nproc": 2}), owner="alice")
+    with pytest.raises(RunError, match="torch.compile"):
+        manager.start(TrainConfig(**{**QUICK, "compile": True}), owner="alice")

@@ -91,7 +91,7 @@ def test_predict_never_opens_a_path_the_client_names(app, tmp_path):
     client = Client(app.url, verbose=False)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    assert "not an image file" in client.predict("shipped:lenet", handle_file(str(bad)), api_name="/predict")[2]
+    assert "not an image file" in client.predict("shipped:lenet", handle_file(str(bad)), api_name="/predict")[3]
     # the multi-file input refuses such paths too, with or without Gradio's file marker
     for item in ({"path": str(secret)}, {"path": str(secret), "meta": {"_type": "gradio.FileData"}}):
         kind, data = call(app.url, "predict_files", ["shipped:lenet", [item]])
@@ -169,7 +169,8 @@ def check_limits(app):
     assert "Too many uploads" in refused.json()["error"]
 
     dave = Client(app.url, verbose=False)
-    statuses = [dave.predict("dave-token", api_name="/poll")[3] for _ in range(12)]
+    polls = [dave.submit("dave-token", api_name="/poll") for _ in range(12)]  # at once: faster than 5 per second
+    statuses = [poll.result()[3] for poll in polls]
     assert any(isinstance(s, str) and "Too many polls" in s for s in statuses)
 
 
@@ -222,6 +223,25 @@ def test_every_endpoint_survives_hostile_values(app, tmp_path):
     assert "Traceback" not in log, log[log.find("Traceback") - 200:log.find("Traceback") + 3000]
     image = tmp_path / "after.png"
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
-    label, _, message = Client(app.url, verbose=False).predict("shipped:lenet", handle_file(str(image)),
+    label, _, _, message = Client(app.url, verbose=False).predict("shipped:lenet", handle_file(str(image)),
                                                                api_name="/predict")
     assert label["label"] and message == "", "still serving normally"
+
+
+def test_owner_only_exports_and_unguessable_evaluations(app):
+    pytest.importorskip("onnxruntime")
+    alice = Client(app.url, verbose=False)
+    run_id = start_finished_run(app, alice)
+    bob = Client(app.url, verbose=False)
+    with pytest.raises(AppError, match="Only the run's owner can export"):
+        bob.predict(f"run:{run_id}", "onnx", "bob-token", api_name="/export")
+    exported, note = alice.predict(f"run:{run_id}", "onnx", ALICE, api_name="/export")
+    assert str(exported).endswith(".onnx") and "max |difference|" in note
+    assert not str(exported).startswith(str(app.runs)), "a fresh copy, never a run file"
+    shipped, _ = bob.predict("shipped:lenet", "onnx", "bob-token", api_name="/export")
+    assert str(shipped).endswith(".onnx")
+    # an evaluation lives in its own session: a client that evaluated nothing drills into nothing
+    # (its drill-down list offers no cell, and had it one, no evaluation would answer to it)
+    bob.predict(f"run:{run_id}", "none", "bob-token", api_name="/evaluate")
+    with pytest.raises(AppError, match="Evaluate a model first|not in the list of choices"):
+        Client(app.url, verbose=False).predict("0:1", api_name="/drill_down")

@@ -137,7 +137,7 @@ def test_old_saved_configs_are_removed_and_recent_ones_kept(tmp_path):
     import os
     import time
 
-    from cifarapp.ui.train_tab import remove_older_than
+    from cifarapp.ui.widgets import remove_older_than
 
     old, recent = tmp_path / "old.json", tmp_path / "recent.json"
     old.write_text("{}")

@@ -29,7 +29,7 @@ def test_oversized_upload_is_refused_and_cached_files_are_deleted(tmp_path):
         image = tmp_path / "photo.png"
         Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(image)
         client = Client(app.url, verbose=False)
-        label, _, message = client.predict("shipped:lenet", handle_file(str(image)), api_name="/predict")
+        label, _, _, message = client.predict("shipped:lenet", handle_file(str(image)), api_name="/predict")
         assert label["label"] and message == ""
         assert len(cached_files(cache)) > len(at_start), "the uploads and outputs are in Gradio's cache"
 

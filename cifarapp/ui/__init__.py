@@ -26,7 +26,7 @@ from .widgets import MAX_ZIP_BYTES
 CSS = """
 .cf-progress {display:flex; gap:12px; align-items:center; font-variant-numeric: tabular-nums;}
 .cf-progress progress {width: 260px; height: 14px;}
-.cf-pixels img {image-rendering: pixelated;}
+.cf-figures {display:flex; gap:16px; flex-wrap:wrap; align-items:flex-start;}
 .cf-pixels figcaption {font-size: 0.85em; opacity: 0.8;}
 """
 UPLOAD_ROUTE = "/gradio_api/upload"
@@ -47,7 +47,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate") as tab:
                 evaluate_tab.build(ctx, owner, tab)
             with gr.Tab("Predict", id="predict") as tab:
-                predict_tab.build(ctx, tab)
+                predict_tab.build(ctx, owner, tab)
             with gr.Tab("Runs", id="runs") as tab:
                 runs_tab.build(ctx, owner, tab)
         demo.load(lambda token: valid_token(token) or new_owner_token(), owner, owner, api_name=False, queue=False)

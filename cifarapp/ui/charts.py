@@ -122,15 +122,27 @@ def plot_update(frame: pd.DataFrame | None):
     return gr.skip() if frame is None else frame
 
 
-def pixels_html(image_hwc: np.ndarray, caption: str, size: int = 160) -> str:
-    """An <img> holding a small uint8 RGB image as an inline PNG, drawn enlarged with sharp pixels.
-    Inline, so no file is written: Gradio rewrites a cached output file in place, and readers of
-    an identical output from a concurrent request could get it half-written."""
+def _figure_html(image_hwc: np.ndarray, caption: str, width: int, height: int, sharp: bool) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image_hwc).save(buffer, format="PNG")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f"<figure class='cf-pixels'><img src='data:image/png;base64,{data}' width='{size}' height='{size}' "
-            f"alt='{html.escape(caption, quote=True)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    style = "image-rendering: pixelated;" if sharp else "image-rendering: auto;"
+    return (f"<figure class='cf-pixels'><img src='data:image/png;base64,{data}' width='{width}' height='{height}' "
+            f"style='{style}' alt='{html.escape(caption, quote=True)}'><figcaption>{html.escape(caption)}"
+            "</figcaption></figure>")
+
+
+def images_html(images: list[tuple[np.ndarray, str, bool]]) -> str:
+    """Several captioned uint8 RGB images side by side as inline PNGs; each flag says whether it is
+    drawn with sharp pixels (a small model input, enlarged to 160 px) or smoothly (a photo, at most
+    320 px). Inline, so no file is written: Gradio rewrites a cached output file in place, and
+    readers of an identical output from a concurrent request could get it half-written."""
+    parts = []
+    for image_hwc, caption, sharp in images:
+        height, width = image_hwc.shape[:2]
+        scale = 160 / max(height, width) if sharp else min(1.0, 320 / max(height, width))
+        parts.append(_figure_html(image_hwc, caption, round(width * scale), round(height * scale), sharp))
+    return f"<div class='cf-figures'>{''.join(parts)}</div>"
 
 
 def upscale(image_hwc: np.ndarray, factor: int = 4) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,14 +15,14 @@ from ..checkpoints import LoadedModel
 from ..config import TrainConfig
 from ..data import CIFAR10_CLASSES, CIFAR10_TRAIN_SIZE, DataUnavailableError
 from ..estimate import Estimate, duration_on, expected_duration
+from ..evaluate import EvalResult
 from ..hardware import Measurements, detect, resolve_device
 from ..library import ImageSetLibrary
 from ..limits import Limits
 from ..manager import RunManager, RunRules
-from ..sources import CIFAR100, DataSource
+from ..sources import CIFAR100, CIFAR100_KEY, DataSource
 from ..weights import load_sample
 
-CIFAR100_KEY = "builtin/cifar100"  # the Data panel's key for CIFAR-100
 ASSETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets"
 
 
@@ -32,6 +34,41 @@ class EvalSet:
     full: bool  # the whole test set (a test accuracy worth keeping), not the shipped sample
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation kept for its drill-down and comparisons, named by an unguessable token (the
+    images may be an owner's own)."""
+
+    token: str
+    model_key: str
+    result: EvalResult
+    images: torch.Tensor  # uint8 [N, 3, S, S], in the result's order
+    where: str  # what the images are, in words
+    full: bool  # the whole test set (see EvalSet)
+
+
+class EvaluationCache:
+    """The last few evaluations of the app, by token."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._kept: OrderedDict[str, Evaluation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, model_key: str, result: EvalResult, eval_set: EvalSet) -> Evaluation:
+        evaluation = Evaluation(secrets.token_urlsafe(16), model_key, result, eval_set.images, eval_set.note,
+                                eval_set.full)
+        with self._lock:
+            self._kept[evaluation.token] = evaluation
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return evaluation
+
+    def get(self, token: str | None) -> Evaluation | None:
+        with self._lock:
+            return self._kept.get(token) if token else None
+
+
 @dataclass
 class AppContext:
     """Everything the tabs need; built once per app."""
@@ -41,17 +78,20 @@ class AppContext:
     data_source: DataSource
     limits: Limits = field(default_factory=lambda: Limits.create(None, None, None))
     cache_max_age_s: int = 3600  # uploads and files made for download are deleted after this
+    evaluations: EvaluationCache = field(default_factory=EvaluationCache)
     _eval_set: EvalSet | None = None
     _eval_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, runs_root: str | Path = "runs", data_source: DataSource = DataSource(),
                max_active: int = 1, rules: RunRules = RunRules(),
-               limits: Limits | None = None, cache_max_age_s: int = 3600) -> AppContext:
+               limits: Limits | None = None, cache_max_age_s: int = 3600, isolate_runs: bool = False,
+               gpu_chunk_s: float | None = None) -> AppContext:
         library = ImageSetLibrary(data_source.datasets_dir, data_source.image_size, data_source.val_fraction)
         cifar100 = DataSource(CIFAR100, data_source.data_dir, data_source.download)
         manager = RunManager(runs_root, data_source.load, max_active=max_active, rules=rules,
-                             measurements=Measurements(), image_sets=library, builtin={CIFAR100_KEY: cifar100.load})
+                             measurements=Measurements(), image_sets=library, builtin={CIFAR100_KEY: cifar100.load},
+                             worker_args=data_source.to_args(), isolate=isolate_runs, gpu_chunk_s=gpu_chunk_s)
         return cls(manager, ModelCatalog(manager), data_source, limits or Limits.create(None, None, None),
                    cache_max_age_s)
 

@@ -16,9 +16,9 @@ from ..imagesets import IMAGE_SIZES, ImageSet, ImageSetError
 from ..library import ImageSetLibrary
 from ..limits import RateLimited
 from ..runs import owner_key
-from ..sources import CIFAR100, DataSource
+from ..sources import CIFAR100, CIFAR100_KEY, DataSource
 from . import charts
-from .context import CIFAR100_KEY, AppContext
+from .context import AppContext
 from .guard import cut, guarded, plain_error, text_list
 from .identity import client_address, owner_of
 from .widgets import MAX_ZIP_BYTES, uploaded_file

@@ -29,14 +29,16 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
 
 
 def overlay(ctx: AppContext, run_ids) -> tuple:
-    """Per-epoch curves of the chosen runs (skips where there is nothing to draw)."""
+    """Per-epoch curves of the chosen runs (skips where there is nothing to draw) and the settings
+    in which their configs differ."""
     snaps = []
     for run_id in text_list(run_ids, "runs", MAX_OVERLAY):
         try:
             snaps.append(ctx.manager.snapshot(run_id))
         except RunError:
             continue
-    return tuple(charts.plot_update(frame) for frame in charts.overlay_frames(snaps))
+    differences = charts.config_differences(snaps) if len(snaps) > 1 else pd.DataFrame(columns=["setting"])
+    return (*(charts.plot_update(frame) for frame in charts.overlay_frames(snaps)), differences)
 
 
 def reload(ctx: AppContext, current) -> tuple:
@@ -71,6 +73,8 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
                                 y_axis_format=".2f")
         acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="run", label="Validation accuracy", y_lim=[0, 1],
                                y_axis_format=".0%")
+    differences = gr.Dataframe(label="Settings in which the overlaid runs differ", interactive=False, wrap=True,
+                               elem_id="runs-differences")
     with gr.Row():
         to_delete = gr.Dropdown(ids, label="Run to delete", scale=3, allow_custom_value=True)
         delete = gr.Button("Delete run", variant="stop", scale=1)
@@ -83,5 +87,6 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
     on_reload = guarded(lambda current: reload(ctx, current))
     refresh.click(on_reload, selected, [table, selected, to_delete], api_name="list_runs")
     tab.select(on_reload, selected, [table, selected, to_delete], api_name=False)
-    selected.change(guarded(lambda run_ids: overlay(ctx, run_ids)), selected, [loss_plot, acc_plot], api_name=False)
+    selected.change(guarded(lambda run_ids: overlay(ctx, run_ids)), selected, [loss_plot, acc_plot, differences],
+                    api_name=False)
     delete.click(on_delete, [owner, to_delete, selected], [table, selected, to_delete, message], api_name="delete_run")

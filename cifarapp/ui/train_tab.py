@@ -8,42 +8,40 @@ a server; `build` lays out the widgets and wires events to thin wrappers around 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import secrets
 import shutil
-import tempfile
-import time
-from pathlib import Path
 
 import gradio as gr
 
+from .. import figures
 from ..config import ConfigError, TrainConfig, cli_command, settings
 from ..data import AUGMENTATIONS, DataUnavailableError
+from ..distributed import available_processes, machine_summary
 from ..estimate import BUDGETS, format_duration, plan_for_budget, remaining_seconds
 from ..files import atomic_write_text
 from ..imagesets import ImageSetError
 from ..limits import RateLimited
+from ..lr_finder import DEFAULT_STEPS, find_lr, starting_weights
 from ..manager import BusyError
 from ..models import MODELS, registered_parameter_count
 from ..presets import BUDGET_BASE, PRESETS
-from ..runs import RunError, RunSnapshot
+from ..runs import RunError, RunSnapshot, owner_key
 from ..train import TrainingError
 from ..weights import shipped_models
 from . import charts, data_panel
 from .context import AppContext, hardware_summary
-from .guard import cut, guarded, plain_error, text_value
+from .guard import cut, guarded, one_of, plain_error, text_value
 from .identity import client_address, new_owner_token, owner_of
-from .widgets import uploaded_file
+from .widgets import download_path, uploaded_file
 
 STATUS_ICONS = {"running": "🟢", "starting": "🟡", "finished": "✅", "stopped": "⏹️", "diverged": "⚠️",
                 "failed": "❌", "interrupted": "⏸️"}
-CONFIG_DIR = Path(tempfile.gettempdir()) / "cifarapp-configs"
-DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "cifarapp-downloads"
+CONFIG_FOLDER = "cifarapp-configs"  # temporary folders of files made for download (see widgets.download_path)
+DOWNLOAD_FOLDER = "cifarapp-downloads"
 MAX_CONFIG_BYTES = 64 * 1024
 FIELDS = [f.name for f, _ in settings()]  # the API takes the form's values in this order
 # what presets and time budgets set: everything but the data and the starting weights
-RECIPE_FIELDS = [f for f in FIELDS if f not in ("dataset", "init_from", "freeze_epochs")]
+RECIPE_FIELDS = [f for f in FIELDS if f not in ("dataset", "init_from", "freeze_epochs", "nproc", "sync_bn")]
 # where each setting sits: the main form, then "More settings" (the data set is the Data panel's,
 # the model has its own row)
 MAIN_ROWS = (("optimizer", "lr", "epochs", "batch_size"),
@@ -51,22 +49,16 @@ MAIN_ROWS = (("optimizer", "lr", "epochs", "batch_size"),
              ("augment",))
 MORE_ROWS = (("momentum", "nesterov", "width"), ("bias_lr_scale", "lr_start_fraction", "lr_end_fraction"),
              ("lookahead", "stem_bias_epochs", "class_weighted"), ("low_res_epochs", "low_res_size"),
-             ("train_size", "val_size", "seed"), ("device", "precision", "compile"))
+             ("patience", "monitor", "keep_best"), ("train_size", "val_size", "seed"),
+             ("device", "precision", "compile"), ("nproc", "sync_bn"))
 CHOICE_NOTES = {"augment": AUGMENTATIONS}
 # what the poll handler updates, in the order of its outputs
 POLL_OUTPUTS = ("run_id", "seen", "loss_plot", "acc_plot", "progress", "status", "log", "download", "start", "stop",
                 "run_status")
+# the range test's length the Train tab offers
+MIN_LR_STEPS, MAX_LR_STEPS = 30, 300
 BUSY_MEASURING = ("measured when no run is training here (measuring now would slow the run down and read "
                   "too low)")
-
-
-def remove_older_than(directory: Path, max_age_s: float) -> None:
-    """Delete the files in `directory` last modified more than `max_age_s` seconds ago."""
-    cutoff = time.time() - max_age_s
-    for path in directory.iterdir():
-        with contextlib.suppress(OSError):  # another request may have removed it first
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink()
 
 
 def form_to_config(values: dict) -> TrainConfig:
@@ -159,8 +151,11 @@ def estimate_markdown(ctx: AppContext, values: dict) -> str:
     limit = ctx.manager.rules.max_run_s
     over = (f" This app stops runs after {format_duration(limit)}." if limit is not None and estimate.seconds > limit
             else "")
-    return (f"⏱️ **Expected duration: {estimate.describe()}.** The first steps of the run refine it.{over}\n\n"
-            f"Computes in {estimate.compute.describe()}")
+    processes = (f" That is measured for one process: with {config.nproc}, each trains a share of every batch, so "
+                 "expect it faster on as many GPUs and no faster on one machine's CPU cores (they share them); the "
+                 "run's own steps tell." if config.nproc > 1 else "")
+    return (f"⏱️ **Expected duration: {estimate.describe()}.** The first steps of the run refine it.{processes}"
+            f"{over}\n\nComputes in {estimate.compute.describe()}")
 
 
 def budget_plan(ctx: AppContext, label: str, dataset: str = "") -> tuple[str, TrainConfig | None]:
@@ -190,9 +185,7 @@ def save_config_file(ctx: AppContext, values: dict) -> str:
     except ConfigError as exc:
         raise plain_error(f"Fix the form first: {exc}") from None
     text = json.dumps(config.to_dict(), indent=2)
-    CONFIG_DIR.mkdir(exist_ok=True)
-    remove_older_than(CONFIG_DIR, ctx.cache_max_age_s)
-    path = CONFIG_DIR / f"cifarapp-config-{config.model}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
+    path = download_path(ctx, CONFIG_FOLDER, f"cifarapp-config-{config.model}.json")
     atomic_write_text(path, text)
     return str(path)
 
@@ -253,9 +246,7 @@ def checkpoint_copy(ctx: AppContext, run_id: str, identity: str | None) -> str |
     if not ctx.manager.owns(run_id, identity):
         return None
     source = ctx.manager.run_dir(run_id).checkpoint
-    DOWNLOAD_DIR.mkdir(exist_ok=True)
-    remove_older_than(DOWNLOAD_DIR, ctx.cache_max_age_s)
-    target = DOWNLOAD_DIR / f"{run_id}-{secrets.token_hex(4)}-checkpoint.pt"
+    target = download_path(ctx, DOWNLOAD_FOLDER, f"{run_id}-checkpoint.pt")
     try:
         shutil.copyfile(source, target)
     except OSError:
@@ -264,8 +255,11 @@ def checkpoint_copy(ctx: AppContext, run_id: str, identity: str | None) -> str |
 
 
 def poll_run(ctx: AppContext, token, current, last_seen, request: gr.Request | None,
-             profile: gr.OAuthProfile | None = None) -> dict:
-    """What changed in the caller's run since `last_seen`, by POLL_OUTPUTS name (missing: unchanged)."""
+             profile: gr.OAuthProfile | None = None, x_axis="epoch", log_scale=False) -> dict:
+    """What changed in the caller's run since `last_seen`, by POLL_OUTPUTS name (missing: unchanged);
+    the curves against `x_axis` (charts.X_AXES), the loss in log10 with `log_scale`."""
+    x_axis = x_axis if x_axis in charts.X_AXES else "epoch"
+    log_scale = log_scale is True
     identity = owner_of(token, profile)
     if identity is None:
         return {}
@@ -280,14 +274,15 @@ def poll_run(ctx: AppContext, token, current, last_seen, request: gr.Request | N
         snap = ctx.manager.snapshot(current, viewer=identity)
     except RunError:
         return {}
-    key = [current, snap.version, snap.status, bool(snap.compute)]
+    key = [current, snap.version, snap.status, bool(snap.compute), x_axis, log_scale]
     if key == last_seen:
         return {}
     out = {"run_id": current, "seen": key, "progress": progress_html(snap), "log": snap.log, "run_status": snap.status}
-    for name, frame in (("loss_plot", charts.loss_frame(snap)), ("acc_plot", charts.accuracy_frame(snap))):
+    for name, frame in (("loss_plot", charts.loss_frame(snap, x_axis, log_scale)),
+                        ("acc_plot", charts.accuracy_frame(snap, x_axis))):
         if frame is not None:  # a LinePlot once given an empty frame never draws lines (Gradio 6.31)
             out[name] = frame
-    if not (isinstance(last_seen, list) and last_seen[:1] == [current] and last_seen[2:] == key[2:]):
+    if not (isinstance(last_seen, list) and last_seen[:1] == [current] and last_seen[2:4] == key[2:4]):
         # the run or its state changed: re-render status and buttons (only then: re-rendering
         # the buttons on every poll can swallow a click)
         running = snap.ended is None and snap.status in ("running", "starting")
@@ -295,6 +290,63 @@ def poll_run(ctx: AppContext, token, current, last_seen, request: gr.Request | N
         out.update(status=status_markdown(snap), download=gr.DownloadButton(value=ckpt, interactive=ckpt is not None),
                    start=gr.Button(interactive=not running), stop=gr.Button(interactive=running))
     return out
+
+
+def lr_range_test(ctx: AppContext, token, values: dict, steps, profile: gr.OAuthProfile | None = None,
+                  progress=None) -> tuple:
+    """Run the learning-rate range test for the form's training (holding a trainer slot, so no
+    run trains meanwhile): (plot, what it found, the suggested lr or None)."""
+    identity = owner_of(token, profile)
+    if identity is None:
+        raise plain_error("Reload the page: this browser has no identity yet.")
+    try:
+        config = form_to_config(values)
+        steps = int(steps) if isinstance(steps, (int, float)) and not isinstance(steps, bool) else DEFAULT_STEPS
+        if not MIN_LR_STEPS <= steps <= MAX_LR_STEPS:
+            raise plain_error(f"The range test takes between {MIN_LR_STEPS} and {MAX_LR_STEPS} steps.")
+        data = ctx.manager.training_data(config.dataset, owner_key(identity))
+        with ctx.manager.trainer_slot("an LR range test"):
+            result = find_lr(config, data, steps=steps, measurements=ctx.manager.measurements,
+                             init_weights=starting_weights(config, ctx.manager.store.root),
+                             progress=None if progress is None else
+                             lambda done, total: progress(done / total, desc=f"LR range test: step {done}/{total}"))
+    except (ConfigError, BusyError, RunError, TrainingError, ImageSetError, ValueError) as exc:
+        raise plain_error(f"The range test did not run: {exc}") from None
+    except (DataUnavailableError, OSError) as exc:
+        raise plain_error(f"Could not load the training data: {cut(str(exc), 300)}") from None
+    if result.suggestion is None:
+        text = f"⚠️ {result.describe()}. Try a lower first lr or another optimizer."
+    else:
+        text = (f"**Suggested learning rate: {result.suggestion:.3g}** (where the smoothed loss falls fastest; "
+                f"the loss is lowest at {result.minimum_lr:.3g} and {result.stopped_because}). The range test "
+                f"trained a copy for {len(result.lrs)} steps in {format_duration(result.seconds)}; the form's model "
+                "is untouched.")
+    return figures.lr_finder_figure(result), text, result.suggestion
+
+
+def use_suggested_lr(suggestion) -> float:
+    """The form's new learning rate: the range test's suggestion (rounded to 2 significant digits)."""
+    if not isinstance(suggestion, (int, float)) or isinstance(suggestion, bool) or not 0 < suggestion < 100:
+        raise plain_error("Run the range test first: it has no suggestion yet.")
+    return float(f"{suggestion:.2g}")
+
+
+def replot(ctx: AppContext, token, current, x_axis, log_scale, profile: gr.OAuthProfile | None = None) -> tuple:
+    """Both plots of the caller's run drawn again against another x-axis or loss scale."""
+    x_axis = one_of(x_axis, charts.X_AXES, "x-axis")
+    log_scale = bool(log_scale)
+    x_title, y_title = charts.axis_title(x_axis, log_scale)
+    identity = owner_of(token, profile)
+    current = text_value(current, "run id", optional=True) or (identity and ctx.manager.latest_run_of(identity))
+    snap = None
+    if current:
+        with contextlib.suppress(RunError):
+            snap = ctx.manager.snapshot(current)
+    loss = charts.loss_frame(snap, x_axis, log_scale) if snap is not None else None
+    accuracy = charts.accuracy_frame(snap, x_axis) if snap is not None else None
+    return (gr.LinePlot(value=loss, x_title=x_title, y_title=y_title, y_axis_format=".2f") if loss is not None
+            else gr.LinePlot(x_title=x_title, y_title=y_title),
+            gr.LinePlot(value=accuracy, x_title=x_title) if accuracy is not None else gr.LinePlot(x_title=x_title))
 
 
 def apply_preset(name) -> list:
@@ -318,6 +370,9 @@ def apply_budget(ctx: AppContext, label, dataset="") -> list:
 def _widget(name: str, spec, default):
     """The input component of one setting, with the setting's label, help and bounds."""
     info = None if spec.help.lower() in spec.label.lower() else spec.help  # no help that repeats the label
+    if name == "nproc":  # what this machine has to offer
+        return gr.Dropdown(available_processes(), value=default, label=spec.label,
+                           info=f"this machine: {machine_summary()}; {spec.help}", elem_id="setting-nproc")
     if isinstance(default, bool):
         return gr.Checkbox(default, label=spec.label, info=info)
     if isinstance(default, tuple):
@@ -379,6 +434,17 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
         """Gradio passes a set of inputs as {component: value}; key it by setting instead."""
         return {name: data[component] for name, component in form.items()}
 
+    with gr.Accordion("Find a learning rate (range test)", open=False):
+        gr.Markdown("Trains a copy of the form's model for a few steps while the learning rate grows exponentially "
+                    "from 1e-7 to 10, and suggests the rate where the loss falls fastest (Smith 2017; fastai's "
+                    "lr_find). Nothing of the form's run is changed; no run trains meanwhile.")
+        with gr.Row():
+            lr_steps = gr.Slider(MIN_LR_STEPS, MAX_LR_STEPS, value=DEFAULT_STEPS, step=10, label="Steps", scale=2)
+            lr_run = gr.Button("Run the range test", scale=1, elem_id="lr-find")
+            lr_use = gr.Button("Use the suggested learning rate", scale=1, interactive=False, elem_id="lr-use")
+        lr_plot = gr.Plot(label="Loss against learning rate", elem_id="lr-plot")
+        lr_note = gr.Markdown("", elem_id="lr-note")
+    lr_suggestion = gr.State(None)
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary")
         stop_btn = gr.Button("Stop", variant="stop", interactive=False)
@@ -388,10 +454,14 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
                          elem_id="train-status")
     progress = gr.HTML("", elem_id="train-progress")
     with gr.Row():
+        x_axis = gr.Radio([(title, key) for key, title in charts.X_AXES.items()], value="epoch", label="x-axis",
+                          scale=2, elem_id="plot-x-axis")
+        log_scale = gr.Checkbox(False, label="Log-scale loss", scale=1, elem_id="plot-log-scale")
+    with gr.Row():
         # Created empty: a LinePlot whose first value is an empty frame never draws its lines (Gradio 6.31).
-        loss_plot = gr.LinePlot(x="epoch", y="loss", color="series", label="Loss", x_title="epoch",
+        loss_plot = gr.LinePlot(x="x", y="loss", color="series", label="Loss", x_title="epoch", y_title="loss",
                                 x_axis_format=".2~f", y_axis_format=".2f", elem_id="loss-plot")
-        acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="series", label="Accuracy", x_title="epoch",
+        acc_plot = gr.LinePlot(x="x", y="accuracy", color="series", label="Accuracy", x_title="epoch",
                                x_axis_format=".2~f", y_lim=[0, 1], y_axis_format=".0%", elem_id="acc-plot")
     log = gr.Textbox(label="Epoch log (the report's format)", lines=6, max_lines=20, autoscroll=True)
     run_id = gr.State(None)
@@ -438,9 +508,27 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
                    concurrency_id="train-control")
 
     @guarded
-    def on_poll(token, current, last_seen, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        changed = poll_run(ctx, token, current, last_seen, request, profile)
+    def on_poll(token, current, last_seen, axis, log, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        changed = poll_run(ctx, token, current, last_seen, request, profile, axis, log)
         return [changed.get(name, gr.skip()) for name in POLL_OUTPUTS]
 
-    timer.tick(on_poll, [owner, run_id, seen], [poll_targets[name] for name in POLL_OUTPUTS],
+    timer.tick(on_poll, [owner, run_id, seen, x_axis, log_scale], [poll_targets[name] for name in POLL_OUTPUTS],
                show_progress="hidden", api_name="poll", concurrency_limit=None)
+
+    @guarded
+    def on_replot(token, current, axis, log, profile: gr.OAuthProfile | None = None):
+        return replot(ctx, token, current, axis, log, profile)
+
+    gr.on([x_axis.change, log_scale.change], on_replot, [owner, run_id, x_axis, log_scale], [loss_plot, acc_plot],
+          show_progress="hidden", api_name=False, concurrency_limit=4, concurrency_id="train-control")
+
+    @guarded
+    def on_lr_find(data, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        progress(0, desc="LR range test")
+        figure, text, suggestion = lr_range_test(ctx, data[owner], form_values(data), data[lr_steps], profile,
+                                                 progress)
+        return figure, text, suggestion, gr.Button(interactive=suggestion is not None)
+
+    lr_run.click(on_lr_find, {owner, lr_steps, *inputs}, [lr_plot, lr_note, lr_suggestion, lr_use],
+                 api_name=False, concurrency_limit=1, concurrency_id="measure")
+    lr_use.click(guarded(use_suggested_lr), lr_suggestion, form["lr"], api_name=False, queue=False)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import stat
+import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -15,6 +19,26 @@ from .guard import plain_error
 # which is also the largest upload Gradio accepts (launch's max_file_size)
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_ZIP_BYTES = 200 * 1024 * 1024
+
+
+def remove_older_than(directory: Path, max_age_s: float) -> None:
+    """Delete the files in `directory` last modified more than `max_age_s` seconds ago."""
+    cutoff = time.time() - max_age_s
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):  # another request may have removed it first
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+
+
+def download_path(ctx: AppContext, folder: str, name: str) -> Path:
+    """A fresh path for a file the app makes for download (a copy, an export), in a temporary
+    folder of its own from which files older than the app's cache age are removed; the name gets a
+    random part, so one person's download is never another's."""
+    directory = Path(tempfile.gettempdir()) / folder
+    directory.mkdir(exist_ok=True)
+    remove_older_than(directory, ctx.cache_max_age_s)
+    stem, dot, suffix = name.partition(".")
+    return directory / f"{stem}-{secrets.token_hex(4)}{dot}{suffix}"
 
 
 def uploaded_file(path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
