@@ -45,9 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Train-tab polls one session may send per second (the page sends one)")
     parser.add_argument("--cache-max-age", type=int, default=3600,
                         help="seconds after which uploads and generated downloads are deleted")
-    parser.add_argument("--isolate-runs", action="store_true",
-                        help="train every run in processes of its own (runs with several processes always do): "
-                             "a crash or an out-of-memory kill then ends only that run")
+    parser.add_argument("--isolate-runs", action=argparse.BooleanOptionalAction, default=ON_SPACE,
+                        help="train every run in processes of its own (runs with several processes always do): a "
+                             "crash or an out-of-memory kill then ends only that run, for a few seconds more at "
+                             "its start" + shared)
     parser.add_argument("--gpu-chunk-seconds", type=float, default=None,
                         help="train runs as chains of GPU calls of this many seconds (the default on a ZeroGPU Space: "
                              "60, or $CIFARAPP_GPU_CHUNK_S)")

@@ -13,19 +13,22 @@ same requests with nothing training.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from gradio.utils import get_upload_folder
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it before torch is imported
 
-from cifarapp.config import TrainConfig
-from cifarapp.hardware import machine_header
-from cifarapp.sources import DataSource
-from cifarapp.ui import AppContext
-from cifarapp.ui.predict_tab import predict_one
+from gradio.utils import get_upload_folder  # noqa: E402
+
+from cifarapp.config import TrainConfig  # noqa: E402
+from cifarapp.hardware import machine_header  # noqa: E402
+from cifarapp.sources import DataSource  # noqa: E402
+from cifarapp.ui import AppContext  # noqa: E402
+from cifarapp.ui.predict_tab import predict_one  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "assets" / "examples" / "photo_cat.jpg"
@@ -58,8 +61,9 @@ def main() -> None:
     print(machine_header())
     config = TrainConfig(model=args.model, width=args.width, optimizer="sgd", lr=0.2, momentum=0.9, epochs=200,
                          batch_size=256, val_size=500)
-    print(f"# the run: {args.model} width {args.width:g}, batch 256, on {source.describe()}; "
-          f"{args.requests} Predict requests (shipped fastnet with Grad-CAM) 0.25 s apart")
+    data = source.load()
+    print(f"# the run: {args.model} width {args.width:g}, batch 256, on {data.name}; {args.requests} Predict "
+          "requests (shipped fastnet with Grad-CAM) 0.25 s apart; OMP_WAIT_POLICY=PASSIVE, as in the app")
     print("| the run trains | start to first step (s) | Predict p50 (ms) | Predict p95 (ms) |")
     print("| --- | ---: | ---: | ---: |")
     uploads = Path(get_upload_folder())  # the handler opens uploads only, as in the app

@@ -47,6 +47,8 @@ DROPOUT_SEED_SALT = 0x5EED
 # a run with a deadline pauses this long before it, on top of the time its next step, an epoch's
 # validation and a checkpoint are expected to take
 DEADLINE_SAFETY_S = 1.0
+# what a resumed run's compute reason says (see resumed_compute)
+RESUMED_COMPUTE = " (kept from before the run was resumed)"
 # the global torch generator is borrowed only to draw initial weights (see seeded_model)
 _GLOBAL_RNG = threading.Lock()
 
@@ -240,6 +242,19 @@ def training_compute(config: TrainConfig, num_classes: int = 10,
     """The device, precision and layout a run of `config` trains in (see `hardware.choose`)."""
     work = Workload(config.model, config.width, num_classes, config.batch_size, train=True)
     return choose(work, resolve_device(config.device), config.precision, measurements)
+
+
+def resumed_compute(config: TrainConfig, resume_from: dict | None) -> Compute | None:
+    """The precision and layout a resumed run computed in before (its checkpoint records them),
+    so that it goes on in the same arithmetic, whatever a new measurement would pick; None for a
+    new run, or one resumed on another kind of device."""
+    recorded = (resume_from or {}).get("compute")
+    device = resolve_device(config.device)
+    if not isinstance(recorded, dict) or torch.device(recorded.get("device", "")).type != device.type:
+        return None
+    reason = str(recorded["reason"])
+    kept = reason if reason.endswith(RESUMED_COMPUTE) else reason + RESUMED_COMPUTE
+    return Compute(device, recorded["precision"], bool(recorded["channels_last"]), kept, recorded.get("images_per_s"))
 
 
 def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -444,7 +459,8 @@ class Trainer:
         next); without the training state it holds only what inference needs."""
         extra: dict = {"epochs_done": epochs_done, "run_id": run_id}
         if training_state:
-            extra.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
+            extra.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                         compute=self.compute.to_dict())
             if self.lookahead is not None:
                 extra["lookahead"] = self.lookahead.average
             if position is not None:
@@ -645,7 +661,9 @@ def fit(config: TrainConfig, data: ImageData, *, run_id: str = "",
     world = current_world()
     emit = (on_event or (lambda event: None)) if world.is_main else (lambda event: None)
     stop = stop or threading.Event()
-    compute = training_compute(config, len(data.classes), measurements) if world.is_main else None
+    compute = resumed_compute(config, resume_from) if world.is_main else None
+    if world.is_main and compute is None:
+        compute = training_compute(config, len(data.classes), measurements)
     chosen = world.broadcast(compute.to_dict() if compute is not None else None)
     compute = Compute(process_device(world, torch.device(chosen["device"])), chosen["precision"],
                       chosen["channels_last"], chosen["reason"], chosen["images_per_s"])

@@ -1,6 +1,7 @@
 """The README's screenshots, from a real run: the app on real CIFAR-10, the `fast` preset trained
-in the Train tab, that run evaluated on the test set, a photo in Predict, and the
-Data panel with an uploaded zip of three classes (CIFAR-10 test images under new names).
+in the Train tab, that run evaluated on the test set (with the drill-down into its most confused
+pair), a photo in Predict with its saliency map, and the Data panel with an uploaded zip of three
+classes (CIFAR-10 test images under new names).
 
     python docs/screenshots.py --data PATH [--out assets]
 
@@ -95,6 +96,9 @@ def main() -> None:
             page.get_by_role("option", name=re.compile(run_id)).click()
             page.get_by_role("button", name="Evaluate").click()
             page.wait_for_function("document.querySelector('#eval-summary')?.innerText.includes('Accuracy')")
+            page.locator("#eval-pair input").click()  # the most confused pair, with its saliency maps
+            page.get_by_role("option").first.click()
+            page.wait_for_function("document.querySelectorAll('#eval-drill img').length > 0")
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "screenshot_evaluate.png"), full_page=True)
 

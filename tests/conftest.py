@@ -32,7 +32,7 @@ SERVER_MODULES = {"test_app_api": "server", "test_security": "server", "test_upl
 
 
 # modules whose tests start processes or train for several seconds each (`-m "not slow"` skips them)
-SLOW_MODULES = {"test_cli", "test_faults", "test_weights"}
+SLOW_MODULES = {"test_cli", "test_faults", "test_weights", "test_export", "test_distributed"}
 
 
 def pytest_collection_modifyitems(items):
@@ -53,6 +53,16 @@ def pytest_collection_modifyitems(items):
 def small_data():
     """2,000 training and 500 test images of coloured shapes, one shape/colour per class."""
     return synthetic_data(n_train=2000, n_test=500, seed=0)
+
+
+@pytest.fixture
+def fixed_layout():
+    """Measurements that always pick channels-last fp32: tests that compare two runs number for
+    number need both to compute in one layout (on a busy machine a real measurement can pick the
+    other layout the second time, and other kernels round differently)."""
+    from fakes import FakeMeasurements
+
+    return FakeMeasurements(lambda work, precision, channels_last: 200.0 if channels_last else 100.0)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ def test_adam_on_a_learnable_set_gets_a_sensible_suggestion_and_leaves_the_model
     assert figure.axes[0].get_xscale() == "log"
 
 
+@pytest.mark.slow
 def test_sgd_wants_a_higher_lr_than_adam(small_data):
     adam = find_lr(TrainConfig(**QUICK, optimizer="adam"), small_data, steps=60)
     sgd = find_lr(TrainConfig(**QUICK, optimizer="sgd", momentum=0.9), small_data, steps=60)

@@ -162,13 +162,13 @@ def test_two_simultaneous_starts_start_exactly_one_run(small_data, runs_root):
 
 
 @pytest.mark.slow
-def test_two_runs_at_once_give_the_numbers_of_one_run_alone(small_data, runs_root):
+def test_two_runs_at_once_give_the_numbers_of_one_run_alone(small_data, runs_root, fixed_layout):
     """Each run draws from its own generators (order, augmentation, dropout), so runs in
     parallel threads cannot disturb each other's random numbers."""
     config = TrainConfig(model="cnn6", epochs=2, batch_size=64, train_size=384, val_size=200, precision="fp32",
                          augment=("crop", "flip"))
-    alone = fit(config, small_data)
-    manager = RunManager(runs_root, lambda: small_data, max_active=2)
+    alone = fit(config, small_data, measurements=fixed_layout)
+    manager = RunManager(runs_root, lambda: small_data, max_active=2, measurements=fixed_layout)
     ids = [manager.start(config, owner=owner) for owner in ("a", "b")]
     together = [manager.wait(run_id, timeout=300) for run_id in ids]
     expected = [(e["train_loss"], e["val_acc"]) for e in alone.history]
@@ -196,17 +196,15 @@ def test_a_failed_runs_traceback_is_in_its_log_and_the_server_log(small_data, ru
     assert any(record.exc_info and "a bug in the training step" in str(record.exc_info[1]) for record in caplog.records)
 
 
-def test_a_run_trained_as_a_chain_of_short_gpu_calls_equals_one_run(small_data, runs_root):
+@pytest.mark.slow
+def test_a_run_trained_as_a_chain_of_short_gpu_calls_equals_one_run(small_data, runs_root, fixed_layout):
     """The ZeroGPU path with `spaces.GPU` as the identity: each call continues from the checkpoint
     the one before it left and pauses before its time is up; exact resume makes the chain one run."""
     from cifarapp import checkpoints
 
-    from cifarapp.hardware import Measurements
-
     config = TrainConfig(**{**QUICK, "epochs": 3, "augment": ("translate", "alt_flip"), "lookahead": True})
-    measurements = Measurements()  # both runs compute in the same layout (the choice is a measurement)
-    alone = fit(config, small_data, measurements=measurements)
-    manager = RunManager(runs_root, lambda: small_data, gpu_chunk_s=1.5, measurements=measurements)
+    alone = fit(config, small_data, measurements=fixed_layout)
+    manager = RunManager(runs_root, lambda: small_data, gpu_chunk_s=1.5, measurements=fixed_layout)
     run_id = manager.start(config, owner="alice")
     snap = manager.wait(run_id, timeout=300)
     assert snap.status == "finished", snap.message
@@ -218,6 +216,7 @@ def test_a_run_trained_as_a_chain_of_short_gpu_calls_equals_one_run(small_data, 
     assert [e["val_acc"] for e in snap.epochs] == pytest.approx([h["val_acc"] for h in alone.history], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_chained_run_stops_between_calls_and_refuses_what_zero_gpu_cannot_do(small_data, runs_root):
     manager = RunManager(runs_root, lambda: small_data, gpu_chunk_s=1.0)
     run_id = manager.start(TrainConfig(**SLOW), owner="alice")

@@ -39,11 +39,11 @@ def test_short_run_learns_well_above_chance(small_data):
     assert "Epoch [3/3], train_loss:" in epochs[-1].report_line(3)
 
 
-def test_same_seed_gives_the_same_numbers_on_cpu(small_data):
+def test_same_seed_gives_the_same_numbers_on_cpu(small_data, fixed_layout):
     cfg = TrainConfig(**{**QUICK, "epochs": 1, "augment": ("crop", "flip", "cutout")})
     a, b = [], []
-    fit(cfg, small_data, on_event=a.append)
-    fit(cfg, small_data, on_event=b.append)
+    fit(cfg, small_data, on_event=a.append, measurements=fixed_layout)
+    fit(cfg, small_data, on_event=b.append, measurements=fixed_layout)
     assert [e.loss for e in a if e.kind == "step"] == [e.loss for e in b if e.kind == "step"]
     assert a[-1].val_acc == b[-1].val_acc
 
@@ -87,9 +87,9 @@ def test_checkpoint_round_trip_gives_identical_predictions(small_data, tmp_path)
 
 
 @pytest.mark.parametrize("extra", [{}, {"lookahead": True, "bias_lr_scale": 8.0, "augment": ("translate", "alt_flip")}])
-def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path, extra):
+def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path, extra, fixed_layout):
     cfg = TrainConfig(**{**QUICK, "schedule": "onecycle", "augment": ("crop", "flip"), **extra})
-    full = fit(cfg, small_data)
+    full = fit(cfg, small_data, measurements=fixed_layout)
     stop = threading.Event()
 
     def on_event(event):
@@ -97,7 +97,7 @@ def test_resume_continues_exactly_where_it_stopped(small_data, tmp_path, extra):
             stop.set()
 
     ckpt = tmp_path / "c.pt"
-    part = fit(cfg, small_data, on_event=on_event, stop=stop, checkpoint_path=ckpt)
+    part = fit(cfg, small_data, on_event=on_event, stop=stop, checkpoint_path=ckpt, measurements=fixed_layout)
     assert part.status == "stopped" and part.epochs_done == 2
     resumed_events = []
     resumed = fit(cfg, small_data, checkpoint_path=ckpt, resume_from=checkpoints.read(ckpt),
@@ -259,10 +259,11 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_a_stop_mid_epoch_resumes_exactly_from_that_step(small_data, tmp_path):
+@pytest.mark.slow
+def test_a_stop_mid_epoch_resumes_exactly_from_that_step(small_data, tmp_path, fixed_layout):
     cfg = TrainConfig(**{**QUICK, "model": "lenet_bn", "schedule": "onecycle", "lookahead": True,
                          "augment": ("crop", "flip", "cutout")})
-    full = fit(cfg, small_data)
+    full = fit(cfg, small_data, measurements=fixed_layout)
     stop = threading.Event()
 
     def on_event(event):
@@ -270,7 +271,7 @@ def test_a_stop_mid_epoch_resumes_exactly_from_that_step(small_data, tmp_path):
             stop.set()
 
     ckpt = tmp_path / "c.pt"
-    part = fit(cfg, small_data, on_event=on_event, stop=stop, checkpoint_path=ckpt)
+    part = fit(cfg, small_data, on_event=on_event, stop=stop, checkpoint_path=ckpt, measurements=fixed_layout)
     saved = checkpoints.read(ckpt)
     assert part.status == "stopped" and saved["epochs_done"] == 1
     assert saved["position"]["epoch"] == 1 and saved["position"]["step"] == 11
@@ -280,14 +281,15 @@ def test_a_stop_mid_epoch_resumes_exactly_from_that_step(small_data, tmp_path):
     assert _state_equal(full.model, resumed.model)
 
 
-def test_a_deadline_pauses_before_it_and_a_chain_of_chunks_equals_one_run(small_data, tmp_path):
+@pytest.mark.slow
+def test_a_deadline_pauses_before_it_and_a_chain_of_chunks_equals_one_run(small_data, tmp_path, fixed_layout):
     import time as clock
 
     cfg = TrainConfig(**{**QUICK, "epochs": 2, "augment": ("translate", "alt_flip"), "lookahead": True})
-    full = fit(cfg, small_data)
+    full = fit(cfg, small_data, measurements=fixed_layout)
     ckpt = tmp_path / "c.pt"
     started = clock.monotonic()
-    first = fit(cfg, small_data, checkpoint_path=ckpt, deadline=clock.monotonic() + 1.5)
+    first = fit(cfg, small_data, checkpoint_path=ckpt, deadline=clock.monotonic() + 1.5, measurements=fixed_layout)
     assert first.status == "paused" and clock.monotonic() - started < 6
     chunks, result = 1, first
     while result.status == "paused":
@@ -299,6 +301,7 @@ def test_a_deadline_pauses_before_it_and_a_chain_of_chunks_equals_one_run(small_
     assert [h["val_acc"] for h in result.history] == [h["val_acc"] for h in full.history]
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_weights_exactly(small_data, tmp_path):
     cfg = TrainConfig(**{**QUICK, "epochs": 30, "lr": 0.02, "patience": 2, "keep_best": True,
                          "monitor": "val_loss"})
@@ -322,3 +325,19 @@ def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_weights_exactly(sm
 def test_early_stopping_needs_validation_images(small_data):
     with pytest.raises(TrainingError, match="validation"):
         fit(TrainConfig(**{**QUICK, "val_size": 0, "patience": 2}), small_data)
+
+
+def test_a_resumed_run_keeps_the_precision_and_layout_it_trained_in(small_data, tmp_path, fixed_layout):
+    from fakes import FakeMeasurements
+
+    stop = threading.Event()
+    ckpt = tmp_path / "c.pt"
+    fit(TrainConfig(**QUICK), small_data, on_event=lambda e: stop.set() if isinstance(e, StepEvent) else None,
+        stop=stop, checkpoint_path=ckpt, measurements=fixed_layout)
+    contiguous_now = FakeMeasurements(lambda work, precision, channels_last: 100.0 if channels_last else 300.0)
+    events = []
+    fit(TrainConfig(**QUICK), small_data, resume_from=checkpoints.read(ckpt), on_event=events.append,
+        measurements=contiguous_now)
+    start = events[0]
+    assert start.compute["channels_last"] is True and "kept from before the run was resumed" in start.message
+    assert not contiguous_now.asked, "nothing was measured again"
