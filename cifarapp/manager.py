@@ -44,6 +44,7 @@ from .runs import (
     new_run_id,
     owner_key,
     settle_after_exit,
+    stored_owner,
 )
 from .train import EpochEvent, Event, StartEvent, StepEvent, check_fit
 
@@ -67,8 +68,11 @@ def gpu_decorator(duration_s: float) -> Callable[[Callable], Callable]:
     is only imported where it is installed and needed)."""
     if not on_zero_gpu():
         return lambda function: function
-    import spaces
-
+    try:
+        import spaces
+    except ImportError as exc:
+        raise RunError("this Space runs on ZeroGPU, but the `spaces` package is missing: add `spaces` to "
+                       "requirements.txt") from exc
     return spaces.GPU(duration=int(duration_s))
 
 
@@ -436,16 +440,31 @@ class RunManager:
         return max(mine, key=lambda r: r.started).run_dir.run_id if mine else None
 
     def stop(self, run_id: str, owner: str) -> bool:
-        """Ask the owner's run to stop at its next step. Returns False if it is not theirs or not running."""
+        """Ask the owner's run to stop at its next step. Returns False if it is not theirs or not
+        running. A run whose processes outlived an earlier app (they are their own process group)
+        is asked through its folder too."""
         with self._lock:
             live = self._live.get(run_id)
-            if live is None or live.owner_key != owner_key(owner) or live.ended is not None:
+            if live is None:
+                return self._stop_outside(run_id, owner)
+            if live.owner_key != owner_key(owner) or live.ended is not None:
                 return False
             live.stop.set()
             live.message = "stopped by its owner"
             if live.in_files:
                 live.run_dir.request_stop()
             return True
+
+    def _stop_outside(self, run_id: str, owner: str) -> bool:
+        try:
+            run_dir = self.store.run_dir(run_id)
+        except RunError:
+            return False
+        status = self.store.status(run_dir)
+        if status.get("status") not in ACTIVE_STATUSES or stored_owner(status) != owner_key(owner):
+            return False
+        run_dir.request_stop()
+        return True
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunSnapshot:
         """Block until the run ends (for the CLI and tests), then return its snapshot."""

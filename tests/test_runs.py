@@ -228,3 +228,46 @@ def test_a_chained_run_stops_between_calls_and_refuses_what_zero_gpu_cannot_do(s
         manager.start(TrainConfig(**{**QUICK, "nproc": 2}), owner="alice")
     with pytest.raises(RunError, match="torch.compile"):
         manager.start(TrainConfig(**{**QUICK, "compile": True}), owner="alice")
+
+
+def test_on_zero_gpu_chunks_are_spaces_gpu_calls_of_the_chunk_length(small_data, runs_root, monkeypatch):
+    """With SPACES_ZERO_GPU set, the manager wraps its chunk in `spaces.GPU(duration=...)` once, when
+    it is built (a stand-in `spaces` module records the wrapping; ZeroGPU itself is not here)."""
+    import sys
+    import types
+
+    wrapped = []
+
+    def gpu(duration):
+        def decorate(function):
+            wrapped.append((function.__name__, duration))
+            return function
+        return decorate
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setenv("CIFARAPP_GPU_CHUNK_S", "45")
+    manager = RunManager(runs_root, lambda: small_data)
+    assert wrapped == [("_train_chunk", 45)] and manager.chunked
+    assert manager.launcher_for(TrainConfig(**QUICK)) == "gpu chunks"
+    monkeypatch.setitem(sys.modules, "spaces", None)  # an import of it now fails
+    with pytest.raises(RunError, match="add `spaces` to requirements.txt"):
+        RunManager(runs_root, lambda: small_data)
+
+
+def test_a_run_whose_processes_outlived_the_app_is_stopped_through_its_folder(runs_root):
+    import subprocess
+    import sys
+
+    from cifarapp.runs import owner_key
+
+    still_training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir = RunDir(runs_root, "20261201-000000-lenet-abc123")
+        run_dir.create(TrainConfig(**QUICK))
+        run_dir.write_status(status="running", pid=still_training.pid, owner_key=owner_key("alice"))
+        manager = RunManager(runs_root)  # a new app: the run is not one of its own threads or processes
+        assert not manager.stop(run_dir.run_id, "mallory") and not run_dir.stop_file.exists()
+        assert manager.stop(run_dir.run_id, "alice") and run_dir.stop_file.exists()
+    finally:
+        still_training.kill()
