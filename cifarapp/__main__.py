@@ -494,7 +494,7 @@ def _predict(args) -> int:
             continue
         readable.append(image)
         ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_k(probs, loaded.classes, args.top))
-        print(f"{image}: {ranked} ({verdict(probs, loaded.classes)})")
+        print(f"{image}: {ranked} → {verdict(probs, loaded.classes)}")
     if args.explain and readable:
         from .explain import save_heatmaps
 

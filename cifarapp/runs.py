@@ -356,9 +356,10 @@ def execute_run(run_dir: RunDir, config: TrainConfig, data: ImageData, *,
 def settle_after_exit(run_dir: RunDir, returncode: int | None, launcher_output: str = "") -> dict:
     """After the processes of a run launched on their own have exited: if they left the run
     looking active, or failed, record why in words: a process that torch.distributed.run's
-    summary names as killed first (say, by the kernel when memory ran out), else the failing
-    process's own message where it wrote one, else process 0's, else how the launcher ended.
-    Returns the run's final status."""
+    summary names as killed first (say, by the kernel when memory ran out), else the messages of
+    the processes that failed first: process 0's where it failed before the others (say, timed
+    out waiting for a frozen one, whose lost connection came after), else the others' own, else
+    how the launcher ended. Returns the run's final status."""
     status = run_dir.read_status()
     if status.get("status") in ("finished", "stopped", "diverged"):
         return status
@@ -366,12 +367,16 @@ def settle_after_exit(run_dir: RunDir, returncode: int | None, launcher_output: 
     cause = root_cause(launcher_output)
     if cause is not None and "killed" in cause:  # the others' lost connections are what followed from it
         reasons.append(cause + "; the other processes stopped with it")
+    main_failed_at = status.get("ended", math.inf) if status.get("status") == "failed" and status.get("message") \
+        else math.inf
     for path in [] if reasons else sorted(run_dir.path.glob("process-*-error.txt")):
+        if path.stat().st_mtime > main_failed_at:
+            continue  # it failed after process 0 did: a consequence
         rank = path.stem.split("-")[1]
         first = path.read_text(errors="replace").strip().splitlines()[:1]
         reasons.append(f"process {rank} failed: {first[0] if first else 'no message'}")
-    if not reasons and status.get("status") == "failed" and status.get("message"):
-        return status  # process 0 recorded its own failure
+    if not reasons and main_failed_at < math.inf:
+        return status  # process 0 recorded its own failure, and it came first
     if not reasons:
         if returncode is not None and returncode < 0:
             name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)

@@ -92,13 +92,15 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
     page.wait_for_function("/epoch \\d+\\/300/.test(document.querySelector('#train-progress')?.innerText)")
     page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('running')")
     page.get_by_role("button", name="Stop").click()
-    try:
-        page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('stopped')")
+    try:  # the id is read in the same check: Stop's own answer ("stopping…") may arrive after it
+        run_id = page.wait_for_function(
+            "(document.querySelector('#train-status')?.innerText.match(/stopped · run (\\S+) ·/) || [])[1]"
+        ).json_value().strip("`")
     except Exception:
         page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
         raise
+    page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('stopped')")
     page.screenshot(path=str(SHOTS / "train_stopped.png"), full_page=True)
-    run_id = re.search(r"run (\S+) ·", page.locator("#train-status").inner_text()).group(1).strip("`")
     assert (runs / run_id / "checkpoint.pt").is_file()
 
     # Evaluate the stopped run

@@ -1,4 +1,4 @@
-"""Load on a live server: 20 Predict sessions during training, and 1,000 polls without memory growth.
+"""Load on a live server: 20 Predict sessions during training, and 400 polls without memory growth.
 
 Loopback only and bounded in time. `python -m pytest tests/test_load.py -s` prints the figures
 quoted in the README.
@@ -17,7 +17,7 @@ from cifarapp.data import CIFAR10_CLASSES
 
 SESSIONS = 20
 LOAD_SECONDS = 30
-POLLS = 1000
+POLLS = 400
 POLLING_SESSIONS = 4
 
 
@@ -75,7 +75,7 @@ def test_twenty_predict_sessions_while_training(app_server, tmp_path):
     assert status == "running", "training kept going under the load"
 
 
-def test_thousand_polls_do_not_grow_server_memory(app_server):
+def test_hundreds_of_polls_do_not_grow_server_memory(app_server):
     watchers = [Client(app_server.url, verbose=False) for _ in range(POLLING_SESSIONS)]
     watchers[0].predict("watcher", *form(epochs=500, batch_size=256), api_name="/start")
     poll_until(watchers[0], "watcher", lambda o: o[-1] == "running")
@@ -103,4 +103,5 @@ def test_thousand_polls_do_not_grow_server_memory(app_server):
     assert len(changed) == POLLS
     assert sum(changed) >= POLLS // 10, "the polls saw a run that kept changing"
     # the run's own step history grows by a few hundred small rows in this time
-    assert after - before < 30, f"server memory grew by {after - before:.0f} MB over {POLLS} polls"
+    # (a session copy that grew with every skipped plot output cost about 24 MB per 400 polls)
+    assert after - before < 15, f"server memory grew by {after - before:.0f} MB over {POLLS} polls"

@@ -165,7 +165,7 @@ def test_cli_from_a_zip_to_predictions_with_the_new_class_names(tmp_path):
     image = next((tmp_path / "pets" / "Hund").iterdir())
     predicted = cli("predict", "--model", run_id, str(image), cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
-    ranked = predicted.stdout.split(": ", 1)[1].rsplit(" (", 1)[0]
+    ranked = predicted.stdout.split(": ", 1)[1].split(" → ", 1)[0]
     names = [part.rsplit(" ", 1)[0] for part in ranked.split(", ")]
     assert sorted(names) == sorted(NEW_NAMES.values())
     evaluated = cli("evaluate", run_id, "--data", str(archive), cwd=tmp_path)

@@ -271,3 +271,29 @@ def test_a_run_whose_processes_outlived_the_app_is_stopped_through_its_folder(ru
         assert manager.stop(run_dir.run_id, "alice") and run_dir.stop_file.exists()
     finally:
         still_training.kill()
+
+
+def test_the_process_that_failed_first_is_the_reason_a_run_failed(runs_root):
+    """After the processes of a run exit, the recorded reason is the first failure: one the launcher
+    names as a kill, else process 0's when it came before the others', else theirs."""
+    import os
+
+    from cifarapp.runs import settle_after_exit
+
+    def failed_run(name: str, main_failed_at: float, peer_failed_at: float) -> RunDir:
+        run_dir = RunDir(runs_root, f"20261201-000000-lenet-{name}")
+        run_dir.create(TrainConfig(**QUICK))
+        run_dir.write_status(status="failed", ended=main_failed_at, message="timed out waiting for process 1")
+        run_dir.error_file(1).write_text("RuntimeError: Connection closed by peer\n\ntraceback")
+        os.utime(run_dir.error_file(1), (peer_failed_at, peer_failed_at))
+        return run_dir
+
+    now = time.time()
+    later_peer = settle_after_exit(failed_run("aaaaaa", now - 10, now - 5), 1)
+    assert later_peer["message"] == "timed out waiting for process 1"
+    earlier_peer = settle_after_exit(failed_run("bbbbbb", now - 5, now - 10), 1)
+    assert earlier_peer["message"] == "process 1 failed: RuntimeError: Connection closed by peer"
+    killed = settle_after_exit(failed_run("cccccc", now - 10, now - 5), 1,
+                               "Root Cause (first observed failure):\n[0]:\n  time      : now\n  rank      : 1 (local_rank: 1)\n"
+                               "  exitcode  : -9 (pid: 42)\n  traceback : Signal 9 (SIGKILL) received by PID 42\n")
+    assert "process 1 was killed by SIGKILL" in killed["message"], killed["message"]

@@ -209,8 +209,10 @@ def load_config_file(ctx: AppContext, file, request: gr.Request | None) -> list:
 
 def start_run(ctx: AppContext, token, values: dict, request: gr.Request | None,
               profile: gr.OAuthProfile | None = None) -> tuple:
-    """Start a run of the form's configuration for the caller: (run id or gr.skip(), status text).
-    A caller with no identity gets a fresh owner token, given back in the status text."""
+    """Start a run of the form's configuration for the caller: (run id, status text, what the poll
+    has seen), each gr.skip() where it stays as it was. A started run makes the next poll draw its
+    state afresh, since a poll may have drawn it before this answer arrives. A caller with no
+    identity gets a fresh owner token, given back in the status text."""
     identity = owner_of(token, profile)
     fresh = None if identity is not None else new_owner_token()
     identity = identity or fresh
@@ -223,21 +225,23 @@ def start_run(ctx: AppContext, token, values: dict, request: gr.Request | None,
         ctx.limits.runs.check(identity)
         ctx.limits.runs_per_address.check(address)
     except (ConfigError, BusyError, RunError, RateLimited, ImageSetError, TrainingError) as exc:
-        return gr.skip(), f"❌ **Not started.** {exc}"
+        return gr.skip(), f"❌ **Not started.** {exc}", gr.skip()
     except (DataUnavailableError, OSError) as exc:
-        return gr.skip(), f"❌ **Not started.** Could not load the training data: {cut(str(exc), 300)}"
+        return gr.skip(), f"❌ **Not started.** Could not load the training data: {cut(str(exc), 300)}", gr.skip()
     note = f"\n\nNo owner was given; this run's owner token (send it to stop or delete the run): `{fresh}`" \
         if fresh else ""
-    return new_id, f"🟡 **starting** run `{new_id}`…{note}"
+    return new_id, f"🟡 **starting** run `{new_id}`…{note}", None
 
 
 def stop_run(ctx: AppContext, token, current, request: gr.Request | None,
-             profile: gr.OAuthProfile | None = None) -> str:
+             profile: gr.OAuthProfile | None = None) -> tuple:
+    """Ask the caller's current run to stop: (status text, what the poll has seen). A stop makes
+    the next poll draw the run's state afresh (a poll may already have drawn "stopped")."""
     identity = owner_of(token, profile)
     current = text_value(current, "run id", optional=True)
     if identity and current and ctx.manager.stop(current, identity):
-        return "⏹️ stopping at the next step…"
-    return "Nothing of yours is running."
+        return "⏹️ stopping at the next step…", None
+    return "Nothing of yours is running.", gr.skip()
 
 
 def checkpoint_copy(ctx: AppContext, run_id: str, identity: str | None) -> str | None:
@@ -497,14 +501,14 @@ def build(ctx: AppContext, owner: gr.BrowserState, demo: gr.Blocks) -> None:
     def on_start(request: gr.Request, profile: gr.OAuthProfile | None, token, *form_values_in_order):
         return start_run(ctx, token, dict(zip(FIELDS, form_values_in_order)), request, profile)
 
-    start_btn.click(on_start, [owner, *inputs], [run_id, status], api_name="start", concurrency_limit=4,
+    start_btn.click(on_start, [owner, *inputs], [run_id, status, seen], api_name="start", concurrency_limit=4,
                     concurrency_id="train-control")
 
     @guarded
     def on_stop(token, current, request: gr.Request, profile: gr.OAuthProfile | None = None):
         return stop_run(ctx, token, current, request, profile)
 
-    stop_btn.click(on_stop, [owner, run_id], status, api_name="stop", concurrency_limit=4,
+    stop_btn.click(on_stop, [owner, run_id], [status, seen], api_name="stop", concurrency_limit=4,
                    concurrency_id="train-control")
 
     @guarded
