@@ -293,7 +293,7 @@ def test_the_process_that_failed_first_is_the_reason_a_run_failed(runs_root):
     assert later_peer["message"] == "timed out waiting for process 1"
     earlier_peer = settle_after_exit(failed_run("bbbbbb", now - 5, now - 10), 1)
     assert earlier_peer["message"] == "process 1 failed: RuntimeError: Connection closed by peer"
-    killed = settle_after_exit(failed_run("cccccc", now - 10, now - 5), 1,
-                               "Root Cause (first observed failure):\n[0]:\n  time      : now\n  rank      : 1 (local_rank: 1)\n"
-                               "  exitcode  : -9 (pid: 42)\n  traceback : Signal 9 (SIGKILL) received by PID 42\n")
+    summary = ("Root Cause (first observed failure):\n[0]:\n  time      : now\n  rank      : 1 (local_rank: 1)\n"
+               "  exitcode  : -9 (pid: 42)\n  traceback : Signal 9 (SIGKILL) received by PID 42\n")
+    killed = settle_after_exit(failed_run("cccccc", now - 10, now - 5), 1, summary)
     assert "process 1 was killed by SIGKILL" in killed["message"], killed["message"]
