@@ -4,9 +4,9 @@ on the app's engine."""
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,10 +23,10 @@ from .data import DataUnavailableError, ImageData
 from .distributed import (
     SINGLE,
     DistributedError,
+    GroupStop,
     World,
     join_world,
-    launch_command,
-    launch_environment,
+    launch,
     launched_by_torchrun,
     leave_world,
 )
@@ -39,17 +39,24 @@ from .images import ImageError
 from .imagesets import ImageSetError, load_image_set
 from .inference import TTA_MODES
 from .library import ImageSetLibrary
-from .lr_finder import DEFAULT_LR_MAX, DEFAULT_LR_MIN, DEFAULT_STEPS, find_lr, starting_weights
+from .lr_finder import DEFAULT_LR_MAX, DEFAULT_LR_MIN, DEFAULT_STEPS, find_lr
 from .predict import predict, top_k, verdict
 from .presets import BUDGET_BASE, PRESETS
-from .runs import RunDir, RunError, RunStore, execute_run, new_run_id, settle_after_exit, starting_checkpoint
+from .runs import (
+    RunDir,
+    RunError,
+    RunStore,
+    execute_run,
+    new_run_id,
+    settle_after_exit,
+    starting_checkpoint,
+    starting_weights,
+)
 from .sources import CIFAR100_KEY, DataSource, add_data_options, add_image_set_options
 from .train import EndEvent, EpochEvent, StartEvent, StepEvent, TrainingError, check_fit
 from .weights import calibrate_shipped, default_checkpoint, export_shipped, shipped_models
 
 EXIT_INTERRUPTED = 130  # the shell's convention for a program ended by Ctrl-C (SIGINT)
-# a run's processes get this long to stop after Ctrl-C before they are killed
-STOP_GRACE_S = 60.0
 
 
 def print_progress(done: int, total: int, what: str = "preparing images") -> None:
@@ -232,12 +239,20 @@ def _resolve_model_path(spec: str | None, runs_dir: str) -> Path:
 
 def _training_data(args, config: TrainConfig, world: World) -> ImageData:
     """The data a run of `config` trains on: the options' data, or the set its `dataset` names
-    (one the app keeps, or CIFAR-100). Only process 0 shows preparation progress."""
+    (one the app keeps, or CIFAR-100). In a process group, process 0 gets it first (a download or
+    an extraction happens once; the others wait for it up to CIFARAPP_DIST_TIMEOUT) and alone
+    shows preparation progress."""
+    if world.distributed and not world.is_main:
+        world.broadcast(None)  # wait until process 0 has the data (downloaded, extracted, cached) once
     progress = print_progress if world.is_main else None
     if config.dataset and config.dataset != CIFAR100_KEY:  # a run started in the app on an image set it keeps
         library = ImageSetLibrary(args.datasets_dir, args.image_size, args.val_fraction)
-        return library.load(config.dataset, None, progress=progress).data
-    return DataSource.from_args(args).for_dataset(config.dataset).load(progress=progress)
+        data = library.load(config.dataset, None, progress=progress).data
+    else:
+        data = DataSource.from_args(args).for_dataset(config.dataset).load(progress=progress)
+    if world.distributed and world.is_main:
+        world.broadcast(None)
+    return data
 
 
 def _train(args, config: TrainConfig, run_dir: RunDir | None, resume: bool) -> int:
@@ -330,8 +345,9 @@ class _Tee:
         self._thread.start()
 
     def _copy(self, source, target) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may straddle two chunks
         for chunk in iter(lambda: source.read1(4096), b""):
-            target.write(chunk.decode("utf-8", "replace"))
+            target.write(decoder.decode(chunk))
             target.flush()
             self._data = (self._data + chunk)[-self.keep:]
 
@@ -342,8 +358,10 @@ class _Tee:
 
 def _launch_processes(args, config: TrainConfig, run_dir: RunDir | None, resume: bool) -> int:
     """Train with config.nproc processes started by torch.distributed.run on this machine; this
-    process creates the run folder, passes Ctrl-C on as a stop request, and records the run as
-    failed if the processes die without saying why."""
+    process gets the data ready for them (a download happens here, once), creates the run
+    folder, passes Ctrl-C on as a stop request, and records the run as failed if the processes die
+    without saying why."""
+    check_fit(config, _training_data(args, config, SINGLE))
     if run_dir is None:
         run_dir = RunDir(args.runs_dir, new_run_id(config.model))
         run_dir.create(config)
@@ -353,26 +371,24 @@ def _launch_processes(args, config: TrainConfig, run_dir: RunDir | None, resume:
           flush=True)
     worker_args = ["worker", run_dir.run_id, "--runs-dir", args.runs_dir, *DataSource.from_args(args).to_args(),
                    *(["--resume"] if resume else [])]
-    process = subprocess.Popen(launch_command(config.nproc, worker_args), env=launch_environment(config.nproc),
-                               start_new_session=True, stderr=subprocess.PIPE)
+    process = launch(config.nproc, worker_args, stderr=subprocess.PIPE)
     output = _Tee(process.stderr, sys.stderr)
-    asked_at = None
+    group = GroupStop(process)
     while process.poll() is None:
         try:
             process.wait(0.5)
         except subprocess.TimeoutExpired:
             pass
         except KeyboardInterrupt:
-            if asked_at is None:
+            if group.asked_at is None:
                 print("\nstopping every process at the next step (the checkpoint is being written)…",
                       file=sys.stderr, flush=True)
                 run_dir.request_stop()
-                asked_at = time.monotonic()
-        if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_S:
-            os.killpg(process.pid, signal.SIGKILL)
+                group.ask()
+        group.enforce()
     status = settle_after_exit(run_dir, process.returncode, output.tail())
     print(f"{status.get('status')}: {status.get('message', '')}", flush=True)
-    if asked_at is not None:
+    if group.asked_at is not None:
         print(f"resume it with: python -m cifarapp resume {run_dir.run_id}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0 if status.get("status") in ("finished", "stopped") else 1
@@ -394,7 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             if args.budget and args.preset:
                 raise ConfigError(["--budget plans the fast recipe itself; leave out --preset"])
-            return _train(args, config_from_args(args).validate(), None, resume=False)
+            config = config_from_args(args).validate()
+            if args.budget and (config.nproc > 1 or launched_by_torchrun()):
+                raise ConfigError(["--budget plans for one process (it measures this one's speed); "
+                                   "leave out --nproc and torchrun, or give the settings yourself"])
+            return _train(args, config, None, resume=False)
         if args.command == "resume":
             run_dir = RunDir(args.runs_dir, args.run_id)
             config = run_dir.read_config()

@@ -169,7 +169,7 @@ def calibration_from_logits(logits: torch.Tensor, labels: torch.Tensor, fitted_o
     temperature = fit_temperature(logits, labels)
 
     def nll_and_ece(t: float) -> tuple[float, float]:
-        return (float(F.cross_entropy(logits.double() / t, labels)),
+        return (_mean_nll(logits.double(), labels, math.log(t)),
                 expected_calibration_error(scaled_probabilities(logits, t), labels))
 
     (nll_before, ece_before), (nll_after, ece_after) = nll_and_ece(1.0), nll_and_ece(temperature)

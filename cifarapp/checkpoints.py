@@ -8,6 +8,7 @@ arguments, class names, normalisation, and the metrics of the run that made it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +72,8 @@ def read(path: str | Path) -> dict:
 
 
 DEFAULT_IMAGE_SIZE = 32  # checkpoints without a data set record were trained on CIFAR-10
+# what a checkpoint holds only to continue training (inference, model cards and exports leave it out)
+TRAINING_STATE = ("optimizer", "scaler", "lookahead", "position", "compute")
 
 # inference speed is measured at Evaluate's batch size (Predict sends a few images at a time)
 INFERENCE_PROBE_BATCH = 500
@@ -97,9 +100,10 @@ class LoadedModel:
     def dataset_name(self) -> str:
         return str(self.meta.get("dataset", {}).get("name", "CIFAR-10"))
 
-    @property
+    @functools.cached_property
     def calibration(self) -> Calibration | None:
-        """The temperature fitted on held-out images and what it did (see cifarapp.calibration), if any."""
+        """The temperature fitted on held-out images and what it did (see cifarapp.calibration), if
+        any; read once (`from_payload` reads it, so a broken record is refused at load)."""
         from .calibration import PAYLOAD_KEY, Calibration  # that module builds on this one
 
         stored = self.meta.get(PAYLOAD_KEY)
@@ -122,9 +126,11 @@ class LoadedModel:
                             INFERENCE_PROBE_BATCH, train=False)
             compute = choose(work, resolve_device(device), precision, measurements)
         model.eval().to(compute.device, memory_format=compute.memory_format)
-        meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "rng")}
-        return cls(model, payload["model"], tuple(payload["classes"]),
-                   Normalization.from_dict(payload["normalization"]), meta, compute)
+        meta = {k: v for k, v in payload.items() if k != "state_dict" and k not in TRAINING_STATE}
+        loaded = cls(model, payload["model"], tuple(payload["classes"]),
+                     Normalization.from_dict(payload["normalization"]), meta, compute)
+        _ = loaded.calibration  # read now: a broken calibration record is refused at load (CheckpointError)
+        return loaded
 
 
 def build_network(payload: dict) -> nn.Module:

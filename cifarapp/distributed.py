@@ -12,13 +12,14 @@ with another process count. Process 0 alone writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
 import signal
+import subprocess
 import sys
-import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,9 @@ from torch import nn
 # that late; the longest wait between collectives is one epoch's validation and checkpoint.
 DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV_VAR = "CIFARAPP_DIST_TIMEOUT"
+# a run's processes asked to stop get this long to stop at their next step and write a checkpoint
+# before their process group is terminated
+STOP_GRACE_S = 60.0
 
 
 class DistributedError(RuntimeError):
@@ -161,9 +165,10 @@ def process_device(world: World, device: torch.device) -> torch.device:
 class SyncedBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics are those of the global batch, summed over all
     processes (torch's SyncBatchNorm runs on GPUs only; this one runs wherever the process
-    group does, gloo on the CPU included). With one process it is plain BatchNorm. Sums are taken
-    in float64, so the variance from E[x^2] - E[x]^2 keeps its precision; the collective is
-    differentiable, so the backward pass sums the gradients' statistics too."""
+    group does, gloo on the CPU included). With one process it is plain BatchNorm. Squares are
+    taken in float32 at least and sums in float64, so the variance from E[x^2] - E[x]^2 keeps its
+    precision; the collective is differentiable, so the backward pass sums the gradients'
+    statistics too."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -172,7 +177,7 @@ class SyncedBatchNorm(nn.BatchNorm2d):
 
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
-        local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64), count])
+        local = torch.cat([x.sum(dims, dtype=torch.float64), x.float().square().sum(dims, dtype=torch.float64), count])
         total = dist_nn.all_reduce(local)
         channels, n = x.shape[1], total[-1]
         mean = total[:channels] / n
@@ -209,37 +214,62 @@ def synchronise_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
-    """Make SIGINT and SIGTERM set `stop` (the run then stops at the next step on every process and
-    writes one checkpoint) instead of killing this process; returns a function that restores the
-    previous handlers. Only the main thread can install handlers; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: stop.set())
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
-
-
 def launch_environment(nproc: int) -> dict[str, str]:
-    """The environment for a launch of `nproc` processes on this machine: each gets its share of
-    the CPU cores for its threads (unless OMP_NUM_THREADS is set already)."""
-    share = str(max(1, (os.cpu_count() or 1) // nproc))
-    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", share)}
+    """The environment for a launch of `nproc` processes on this machine: OpenMP told each
+    process's share of the CPU cores (torch.distributed.run would set 1), which `join_world`
+    gives torch's own threads too."""
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
 
 
-def launch_command(nproc: int, module_args: list[str], nnodes: int = 1) -> list[str]:
+def launch_command(nproc: int, module_args: list[str]) -> list[str]:
     """The command that starts `nproc` processes of `python -m cifarapp <module_args>` with
     torch.distributed.run on this machine (a standalone rendezvous on a free local port)."""
     if nproc < 1:
         raise DistributedError(f"the number of processes must be at least 1, got {nproc}")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nnodes={nnodes}",
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
             f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "cifarapp", *module_args]
+
+
+def launch(nproc: int, module_args: list[str], **popen) -> subprocess.Popen:
+    """Start `launch_command(nproc, module_args)` in a process group of its own (so that it can be
+    ended as a whole, and outlives neither a Ctrl-C of ours nor a stop of the app by accident)."""
+    return subprocess.Popen(launch_command(nproc, module_args), env=launch_environment(nproc),
+                            stdin=subprocess.DEVNULL, start_new_session=True, **popen)
+
+
+class GroupStop:
+    """Ends a launched process group that was asked to stop but goes on: SIGTERM once it has had
+    `grace_s` to stop at its next step and write its checkpoint, SIGKILL `kill_after_s` later."""
+
+    def __init__(self, process: subprocess.Popen, grace_s: float = STOP_GRACE_S, kill_after_s: float = 10.0):
+        self.process, self.grace_s, self.kill_after_s = process, grace_s, kill_after_s
+        self.asked_at: float | None = None
+        self._terminated_at: float | None = None
+
+    def ask(self) -> None:
+        """The stop has been requested (through the run folder): the grace period starts."""
+        if self.asked_at is None:
+            self.asked_at = time.monotonic()
+
+    def enforce(self) -> None:
+        """Call now and then while the group runs: terminate or kill it when its time is up."""
+        now = time.monotonic()
+        if self.asked_at is None or now - self.asked_at <= self.grace_s:
+            return
+        if self._terminated_at is None:
+            self._signal(signal.SIGTERM)
+            self._terminated_at = now
+        elif now - self._terminated_at > self.kill_after_s:
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9, and so on ("signal N" for a number that names no signal)."""
+    return signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
 
 
 def available_processes() -> list[tuple[str, int]]:
@@ -275,7 +305,7 @@ def root_cause(launcher_output: str) -> str | None:
         return None
     rank, code = int(match.group(1)), int(match.group(2))
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        name = signal_name(-code)
         why = " (out of memory, or killed by hand)" if -code == signal.SIGKILL else ""
         return f"process {rank} was killed by {name}{why}"
     return f"process {rank} exited with status {code}"

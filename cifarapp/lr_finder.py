@@ -8,23 +8,19 @@ caller holds is changed.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from . import checkpoints
 from .config import TrainConfig
 from .data import ImageData
 from .distributed import SINGLE
 from .hardware import Measurements
-from .runs import starting_checkpoint
 from .train import StopSignal, Trainer, check_fit, set_lr, train_step, training_compute
 
 DEFAULT_STEPS = 100  # fastai's default; enough points for a smooth curve in a minute or two
@@ -86,13 +82,13 @@ def find_lr(config: TrainConfig, data: ImageData, *, steps: int = DEFAULT_STEPS,
         raise ValueError(f"the range test needs 0 < lr_min < lr_max, got {lr_min:g} and {lr_max:g}")
     if steps < 10:
         raise ValueError(f"the range test needs at least 10 steps for a curve, got {steps}")
-    config = dataclasses.replace(check_fit(config, data), schedule="constant", warmup_epochs=0.0, lookahead=False,
-                                 keep_best=False, patience=0, compile=False)
+    config = check_fit(dataclasses.replace(config, schedule="constant", warmup_epochs=0.0, lookahead=False,
+                                           keep_best=False, patience=0, compile=False), data)
     started = time.perf_counter()
     compute = training_compute(config, len(data.classes), measurements)
     run = Trainer(config, data, compute, None, init_weights, SINGLE)
     if model is not None:
-        run.model.load_state_dict(copy.deepcopy(model.state_dict()))
+        run.model.load_state_dict(model.state_dict())  # copies the values
     lrs, losses, smoothed = [], [], []
     average, best, stopped = 0.0, math.inf, f"reached lr {lr_max:g}"
     beta = 1 - 1 / max(2.0, SMOOTHING_WINDOW * steps)
@@ -132,7 +128,3 @@ def find_lr(config: TrainConfig, data: ImageData, *, steps: int = DEFAULT_STEPS,
     return LRFinderResult(lrs, losses, smoothed, suggest(lrs, smoothed), minimum, stopped,
                           time.perf_counter() - started)
 
-
-def starting_weights(config: TrainConfig, runs_root: str | Path) -> dict | None:
-    """The checkpoint `config.init_from` names (a shipped model or a run), if any."""
-    return checkpoints.read(starting_checkpoint(config.init_from, runs_root)) if config.init_from else None

@@ -8,7 +8,7 @@ A run trains in one of three ways, and the UI sees the same run folder whichever
 - in processes of its own, launched with torch.distributed.run (several processes, or every run
   when the app isolates runs): a crash or an out-of-memory kill ends only that run; the
   manager follows the run folder they write, asks them to stop through a file there, and kills
-  their process group if they do not stop within STOP_GRACE_S;
+  their process group if they do not stop within distributed.STOP_GRACE_S;
 - on a ZeroGPU Space, as a chain of `@spaces.GPU` calls (`gpu_chunk`): each continues from the
   latest checkpoint and pauses, with a checkpoint, before its GPU time is up.
 """
@@ -19,7 +19,6 @@ import contextlib
 import contextvars
 import dataclasses
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import ImageData
-from .distributed import launch_command, launch_environment
+from .distributed import GroupStop, launch
 from .estimate import format_duration, remaining_seconds
 from .hardware import Measurements
 from .library import ImageSetLibrary
@@ -48,9 +47,6 @@ from .runs import (
 )
 from .train import EpochEvent, Event, StartEvent, StepEvent, check_fit
 
-# a run's own processes get this long to stop at their next step and write a checkpoint before
-# their process group is terminated (then killed 10 s later)
-STOP_GRACE_S = 60.0
 # how often the manager looks at a run that trains in processes of its own
 WATCH_INTERVAL_S = 0.5
 # ZeroGPU: the GPU time each call asks for; a chunk pauses in time to save its checkpoint
@@ -376,32 +372,22 @@ class RunManager:
         args = ["worker", live.run_dir.run_id, "--runs-dir", str(self.store.root), "--owner-key", live.owner_key,
                 *(self.worker_args or []), *(["--resume"] if resume else [])]
         with open(live.run_dir.path / "processes.log", "ab") as output:
-            live.process = subprocess.Popen(launch_command(live.config.nproc, args), stdout=output,
-                                            env=launch_environment(live.config.nproc),
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            live.process = launch(live.config.nproc, args, stdout=output, stderr=subprocess.STDOUT)
 
     def _watch(self, live: _LiveRun) -> None:
         """Follow a run that trains in processes of its own until they exit: pass stop requests
         on, apply the rules, and end the run as failed if the processes die without saying why."""
         process = live.process
-        asked_at: float | None = None
-        terminated_at: float | None = None
+        group = GroupStop(process)
         while process.poll() is None:
             time.sleep(WATCH_INTERVAL_S)
             with self._lock:
                 live.catch_up()
             self._apply_rules(live)
-            now = time.monotonic()
-            if live.stop.is_set() and asked_at is None:
+            if live.stop.is_set() and group.asked_at is None:
                 live.run_dir.request_stop()
-                asked_at = now
-            if asked_at is not None and terminated_at is None and now - asked_at > STOP_GRACE_S:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                terminated_at = now
-            if terminated_at is not None and now - terminated_at > 10:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                group.ask()
+            group.enforce()
         log_path = live.run_dir.path / "processes.log"
         tail = log_path.read_bytes()[-16_384:].decode("utf-8", "replace") if log_path.is_file() else ""
         settle_after_exit(live.run_dir, process.returncode, tail)

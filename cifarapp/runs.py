@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import threading
 import time
 import traceback
@@ -31,7 +30,7 @@ from pathlib import Path
 from . import calibration, checkpoints
 from .config import TrainConfig
 from .data import ImageData
-from .distributed import World, current_world, root_cause
+from .distributed import World, current_world, root_cause, signal_name
 from .files import atomic_write_text
 from .hardware import Measurements
 from .train import EndEvent, EpochEvent, Event, FitResult, StartEvent, StopSignal, fit
@@ -241,15 +240,17 @@ class AnyStop:
         return any(signal.is_set() for signal in self.signals)
 
 
+def starting_weights(config: TrainConfig, runs_root: str | Path) -> dict | None:
+    """The checkpoint `config.init_from` names (a shipped model or a run), if any."""
+    return checkpoints.read(starting_checkpoint(config.init_from, runs_root)) if config.init_from else None
+
+
 def _starting_payloads(run_dir: RunDir, config: TrainConfig, resume: bool, world: World) -> tuple:
     """(checkpoint to resume from, checkpoint to start from), read by process 0 and given to all."""
     payloads = (None, None)
     if world.is_main:
         resume_from = checkpoints.read(run_dir.checkpoint) if resume else None
-        init_weights = None
-        if config.init_from and not resume:
-            init_weights = checkpoints.read(starting_checkpoint(config.init_from, run_dir.root))
-        payloads = (resume_from, init_weights)
+        payloads = (resume_from, None if resume else starting_weights(config, run_dir.root))
     return world.broadcast(payloads)
 
 
@@ -379,8 +380,7 @@ def settle_after_exit(run_dir: RunDir, returncode: int | None, launcher_output: 
         return status  # process 0 recorded its own failure, and it came first
     if not reasons:
         if returncode is not None and returncode < 0:
-            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
-            reasons.append(f"the training processes were killed by {name}")
+            reasons.append(f"the training processes were killed by {signal_name(-returncode)}")
         else:
             tail = launcher_output.strip().splitlines()[-1:]
             reasons.append(f"the training processes exited with status {returncode}"

@@ -18,8 +18,6 @@ from .files import atomic_write_text
 from .inference import TTA_MODES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-# what a run's checkpoint holds for resuming it, and a shipped model leaves out
-TRAINING_STATE = ("optimizer", "scaler", "lookahead", "position", "compute")
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def export_shipped(checkpoint: Path, name: str, test_images, test_labels, folder
     under each test-time augmentation), and for a CIFAR-10 model accuracy on the shipped sample.
     `data_note` says what a reader must know about the test data (ImageData.note)."""
     payload = checkpoints.read(checkpoint)
-    slim = {k: v for k, v in payload.items() if k not in TRAINING_STATE}
+    slim = {k: v for k, v in payload.items() if k not in checkpoints.TRAINING_STATE}
     loaded = checkpoints.LoadedModel.from_payload(slim)
     test = evaluate(loaded, test_images, test_labels)
     tta = {mode: round(evaluate(loaded, test_images, test_labels, tta=mode).accuracy, 4)

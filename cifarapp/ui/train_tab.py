@@ -21,11 +21,11 @@ from ..estimate import BUDGETS, format_duration, plan_for_budget, remaining_seco
 from ..files import atomic_write_text
 from ..imagesets import ImageSetError
 from ..limits import RateLimited
-from ..lr_finder import DEFAULT_STEPS, find_lr, starting_weights
+from ..lr_finder import DEFAULT_STEPS, find_lr
 from ..manager import BusyError
 from ..models import MODELS, registered_parameter_count
 from ..presets import BUDGET_BASE, PRESETS
-from ..runs import RunError, RunSnapshot, owner_key
+from ..runs import RunError, RunSnapshot, owner_key, starting_weights
 from ..train import TrainingError
 from ..weights import shipped_models
 from . import charts, data_panel
@@ -309,12 +309,14 @@ def lr_range_test(ctx: AppContext, token, values: dict, steps, profile: gr.OAuth
         if not MIN_LR_STEPS <= steps <= MAX_LR_STEPS:
             raise plain_error(f"The range test takes between {MIN_LR_STEPS} and {MAX_LR_STEPS} steps.")
         data = ctx.manager.training_data(config.dataset, owner_key(identity))
+        ctx.limits.runs.check(identity, count=False)  # it trains as a run does, so it counts as one
         with ctx.manager.trainer_slot("an LR range test"):
+            ctx.limits.runs.check(identity)
             result = find_lr(config, data, steps=steps, measurements=ctx.manager.measurements,
                              init_weights=starting_weights(config, ctx.manager.store.root),
                              progress=None if progress is None else
                              lambda done, total: progress(done / total, desc=f"LR range test: step {done}/{total}"))
-    except (ConfigError, BusyError, RunError, TrainingError, ImageSetError, ValueError) as exc:
+    except (ConfigError, BusyError, RunError, RateLimited, TrainingError, ImageSetError, ValueError) as exc:
         raise plain_error(f"The range test did not run: {exc}") from None
     except (DataUnavailableError, OSError) as exc:
         raise plain_error(f"Could not load the training data: {cut(str(exc), 300)}") from None
@@ -374,8 +376,8 @@ def apply_budget(ctx: AppContext, label, dataset="") -> list:
 def _widget(name: str, spec, default):
     """The input component of one setting, with the setting's label, help and bounds."""
     info = None if spec.help.lower() in spec.label.lower() else spec.help  # no help that repeats the label
-    if name == "nproc":  # what this machine has to offer
-        return gr.Dropdown(available_processes(), value=default, label=spec.label,
+    if name == "nproc":  # what this machine has to offer; a loaded config may ask for more (Start then says so)
+        return gr.Dropdown(available_processes(), value=default, label=spec.label, allow_custom_value=True,
                            info=f"this machine: {machine_summary()}; {spec.help}", elem_id="setting-nproc")
     if isinstance(default, bool):
         return gr.Checkbox(default, label=spec.label, info=info)
