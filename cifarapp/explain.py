@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,27 +95,32 @@ class CamResult:
     layer: str  # the module path the maps were taken at
 
 
-def grad_cam(loaded: LoadedModel, pixels: np.ndarray, target: int | None = None, *,
+def grad_cam(loaded: LoadedModel, pixels: np.ndarray, target: int | Sequence[int] | None = None, *,
              batch_size: int = 64) -> CamResult:
     """Grad-CAM maps for preprocessed uint8 images [N, S, S, 3] (S = loaded.image_size, see
-    `images.preprocess`), explaining `target` for every image, or each image's top class when it
-    is None. Safe to call while other threads use the same model (see the module docstring)."""
+    `images.preprocess`), explaining `target` for every image (a class, or one class per image),
+    or each image's top class when it is None. Safe to call while other threads use the same
+    model (see the module docstring)."""
     side, num_classes = loaded.image_size, len(loaded.classes)
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (side, side, 3):
         raise ValueError(f"grad_cam takes preprocessed uint8 images of shape [N, {side}, {side}, 3] "
                          f"(images.preprocess with side={side}); got {pixels.dtype} {pixels.shape}")
-    target = None if target is None else int(target)
-    if target is not None and not 0 <= target < num_classes:
-        raise ValueError(f"target class {target} is out of range: this model has {num_classes} classes "
-                         f"(0 to {num_classes - 1})")
+    targets = None
+    if target is not None:
+        targets = torch.as_tensor(np.broadcast_to(np.asarray(target, dtype=np.int64), (len(pixels),)).copy())
+        outside = targets[(targets < 0) | (targets >= num_classes)]
+        if len(outside):
+            raise ValueError(f"target class {int(outside[0])} is out of range: this model has {num_classes} "
+                             f"classes (0 to {num_classes - 1})")
     if loaded.model.training:
         raise ValueError("the model is in training mode; Grad-CAM explains a model in eval mode "
                          "(load it with checkpoints.load_model)")
     layer = cam_layer(loaded.model_name)
     module = loaded.model.get_submodule(layer.module)
     images = hwc_to_tensor(pixels)
-    parts = [_cam_batch(loaded, module, images[start:start + batch_size], target)
+    parts = [_cam_batch(loaded, module, images[start:start + batch_size],
+                        None if targets is None else targets[start:start + batch_size])
              for start in range(0, len(images), batch_size)]
     if not parts:
         return CamResult(np.zeros((0, side, side), np.float32), np.zeros(0, np.int64),
@@ -130,7 +136,7 @@ def grad_cam(loaded: LoadedModel, pixels: np.ndarray, target: int | None = None,
 
 
 def _cam_batch(loaded: LoadedModel, module: torch.nn.Module, images: torch.Tensor,
-               target: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unnormalised maps [B, S, S], targets [B] and fp32 logits [B, classes] of one batch, on the CPU."""
     captured: list[torch.Tensor] = []
     this_thread = threading.get_ident()
@@ -149,8 +155,7 @@ def _cam_batch(loaded: LoadedModel, module: torch.nn.Module, images: torch.Tenso
                 raise RuntimeError(f"layer {type(module).__name__} ran {len(captured)} times in one forward pass; "
                                    "Grad-CAM needs a layer that runs once")
             activation = captured[0]
-            targets = (logits.argmax(1) if target is None
-                       else torch.full((len(logits),), target, dtype=torch.int64, device=logits.device))
+            targets = logits.argmax(1) if targets is None else targets.to(logits.device)
             # each image's logit depends on its own activation only (eval mode), so one gradient of
             # the sum gives every image's gradient
             (gradient,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), activation)

@@ -66,9 +66,10 @@ def class_table(result: EvalResult) -> pd.DataFrame:
 
 def confusion_table(result: EvalResult) -> pd.DataFrame:
     """The confusion matrix as a table (rows: true class; click a cell to see its images)."""
-    short = [name[:10] for name in result.classes]
-    return pd.DataFrame(result.confusion, columns=short).assign(**{"true \\ predicted": short})[
-        ["true \\ predicted", *short]]
+    short = [name[:10] for name in result.classes]  # names may share their first 10 characters
+    table = pd.DataFrame(result.confusion, columns=short)
+    table.insert(0, "true \\ predicted", short, allow_duplicates=True)
+    return table
 
 
 def calibration_markdown(result: EvalResult) -> str:
@@ -119,7 +120,8 @@ def gallery_with_saliency(ctx: AppContext, evaluation: Evaluation, indices) -> l
     result = evaluation.result
     pixels = evaluation.images[indices].permute(0, 2, 3, 1).numpy()
     try:
-        cam = grad_cam(ctx.catalog.load(evaluation.model_key), pixels)
+        # the class the evaluation predicted (with its test-time augmentation), not Grad-CAM's own top class
+        cam = grad_cam(ctx.catalog.load(evaluation.model_key), pixels, result.predicted[indices])
     except (CheckpointError, OSError) as exc:
         raise plain_error(str(exc)) from None
     items = []

@@ -16,7 +16,7 @@ from ..explain import grad_cam, model_input_overlay, original_overlay
 from ..export import FORMATS, ExportError
 from ..images import ImageError, preprocess
 from ..limits import RateLimited
-from ..predict import is_unsure, predict_pixels, verdict
+from ..predict import is_unsure, predict_pixels, top_k, verdict
 from . import charts
 from .context import ASSETS_DIR, AppContext
 from .guard import guarded, one_of, plain_error, text_value
@@ -58,8 +58,8 @@ def verdict_markdown(loaded: checkpoints.LoadedModel, probabilities: np.ndarray)
     return f"### {verdict(probabilities, loaded.classes)}\n{honest}"
 
 
-def explanation_html(loaded: checkpoints.LoadedModel, path: str, pixels: np.ndarray, target: int | None) -> str:
-    """What the model sees, and the Grad-CAM map of `target` (None: the top class) over the
+def explanation_html(loaded: checkpoints.LoadedModel, path: str, pixels: np.ndarray, target: int) -> str:
+    """What the model sees, and the Grad-CAM map of class `target` over the
     uploaded image's cropped square and over the model's input."""
     cam = grad_cam(loaded, pixels[None], target)
     name = loaded.classes[int(cam.targets[0])]
@@ -78,14 +78,15 @@ def predict_one(ctx: AppContext, key, path, explain=TOP_CLASS) -> tuple:
     image from the image box; `explain` names the class to explain (TOP_CLASS: the top one)."""
     if not path:
         return None, "", "", ""
-    loaded, pixels, _, probs, problems = classify(ctx, key, [str(uploaded_file(path))])
+    upload = str(uploaded_file(path))
+    loaded, pixels, _, probs, problems = classify(ctx, key, [upload])
     if problems:
         return None, "", "", f"⚠️ {problems[0]}"
-    target = None
+    target = int(probs[0].argmax())  # the class the answer names (its own precision may differ from Grad-CAM's)
     if explain not in (TOP_CLASS, None):
         target = loaded.classes.index(one_of(explain, loaded.classes, "class"))
     return ({c: float(p) for c, p in zip(loaded.classes, probs[0])}, verdict_markdown(loaded, probs[0]),
-            explanation_html(loaded, str(uploaded_file(path)), pixels[0], target), "")
+            explanation_html(loaded, upload, pixels[0], target), "")
 
 
 def predict_files(ctx: AppContext, key, paths, request: gr.Request | None) -> tuple:
@@ -101,10 +102,9 @@ def predict_files(ctx: AppContext, key, paths, request: gr.Request | None) -> tu
     loaded, _, names, probs, problems = classify(ctx, key, [str(uploaded_file(p)) for p in paths])
     rows = []
     for name, p in zip(names, probs):
-        order = np.argsort(-p)
-        runner_up = f"{loaded.classes[order[1]]} ({p[order[1]]:.1%})" if len(order) > 1 else "–"
-        rows.append([name, loaded.classes[order[0]], round(float(p[order[0]]), 4), runner_up,
-                     "not sure" if is_unsure(p) else ""])
+        ranked = top_k(p, loaded.classes, 2)
+        runner_up = f"{ranked[1][0]} ({ranked[1][1]:.1%})" if len(ranked) > 1 else "–"
+        rows.append([name, ranked[0][0], round(float(ranked[0][1]), 4), runner_up, "not sure" if is_unsure(p) else ""])
     return rows, "\n\n".join(f"⚠️ {p}" for p in problems)
 
 
