@@ -61,3 +61,15 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatc
     monkeypatch.undo()
     assert checkpoints.read(path)["n"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "no temporary file is left behind"
+
+
+def test_a_broken_calibration_record_is_refused_when_the_checkpoint_loads():
+    from cifarapp.data import Normalization
+    from cifarapp.models import build_model
+
+    model = build_model("lenet", num_classes=10)
+    payload = checkpoints.make_payload(model, model_name="lenet", width=1.0, classes=[str(i) for i in range(10)],
+                                       normalization=Normalization(), config={}, metrics=[], dataset=None,
+                                       extra={"calibration": {"temperature": -2.0}})
+    with pytest.raises(checkpoints.CheckpointError, match="calibration record is incomplete"):
+        checkpoints.LoadedModel.from_payload(payload, device="cpu", precision="fp32")

@@ -111,8 +111,14 @@ def test_maps_targets_and_probabilities(patch_model, test_images):
     assert (explicit.targets == other).all()
     assert np.allclose(explicit.probabilities, cam.probabilities)
     assert np.abs(explicit.maps[0] - cam.maps[0]).max() > 0.1 or explicit.empty[0]
+    per_image = (cam.targets + np.arange(8)) % len(PATCH_COLOURS)  # one class per image
+    mixed = grad_cam(patch_model, pixels, target=per_image)
+    assert np.array_equal(mixed.targets, per_image)
+    assert np.allclose(mixed.maps[0], cam.maps[0], atol=1e-5)  # image 0 keeps its own top class
     with pytest.raises(ValueError, match="out of range"):
         grad_cam(patch_model, pixels, target=len(PATCH_COLOURS))
+    with pytest.raises(ValueError, match="out of range"):
+        grad_cam(patch_model, pixels, target=[0] * 7 + [-1])
     with pytest.raises(ValueError, match="preprocessed uint8"):
         grad_cam(patch_model, pixels.astype(np.float32))
 

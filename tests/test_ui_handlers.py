@@ -145,3 +145,20 @@ def test_old_saved_configs_are_removed_and_recent_ones_kept(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     remove_older_than(tmp_path, 3600)
     assert not old.exists() and recent.exists()
+
+
+def test_the_clickable_confusion_table_stays_square_when_names_share_a_prefix():
+    import types
+
+    from cifarapp.ui.evaluate_tab import confusion_table
+
+    result = types.SimpleNamespace(classes=("class_one_a", "class_one_b", "c"), confusion=np.arange(9).reshape(3, 3))
+    table = confusion_table(result)
+    assert table.shape == (3, 4) and table.iloc[:, 1:].to_numpy().tolist() == result.confusion.tolist()
+
+
+def test_a_time_budget_refuses_several_processes(capsys):
+    from cifarapp.__main__ import main
+
+    assert main(["train", "--budget", "60", "--nproc", "2", "--data", "synthetic"]) == 2
+    assert "--budget plans for one process" in capsys.readouterr().err
