@@ -133,25 +133,40 @@ def test_train_stop_evaluate_predict_in_a_browser(page, app_server, tmp_path):
     page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
 
 
+# Start's answer ("starting run X…" or "Not started") may be replaced by the next poll within a
+# second, before a check that samples the page sees it: an observer set before the click keeps it.
+WATCH_START_ANSWER = """() => {
+  window.startAnswer = null;
+  const look = () => {
+    const text = document.querySelector('#train-status')?.innerText || '';
+    const started = text.match(/starting\\s+run\\s+(\\S+?)…/);
+    if (window.startAnswer === null && (started || /Not started/.test(text)))
+      window.startAnswer = started ? {run: started[1]} : {refused: text};
+  };
+  new MutationObserver(look).observe(document.body, {subtree: true, childList: true, characterData: true});
+  return document.querySelector('#train-status')?.innerText || '';
+}"""
+
+
 def start_and_wait(page) -> str:
-    """Press Start and return the status line once the run it started has ended, or once it was
-    refused. The line may show an earlier run of this browser's until the poll after Start (a
-    freshly loaded page's first poll can even draw that earlier run after the click), so the run
-    is followed by the id that Start answers with."""
+    """Press Start and return the status line once the run it started has ended, or the refusal.
+    The line may show an earlier run of this browser's until the poll after Start (a freshly
+    loaded page's first poll can even draw that earlier run after the click), so the run is
+    followed by the id that Start answers with."""
+    before = page.evaluate(WATCH_START_ANSWER)
+    assert "Not started" not in before, f"the status line says Not started before Start: {before}"
     page.get_by_role("button", name="Start training").click()
-    page.wait_for_function("/starting|Not started/.test(document.querySelector('#train-status')?.innerText || '')")
-    text = page.locator("#train-status").inner_text()
-    started = re.search(r"starting\s+run\s+(\S+?)…", text)
-    if started is None:
-        return text
+    answer = page.wait_for_function("window.startAnswer").json_value()
+    if "run" not in answer:
+        return answer["refused"]
     try:
         page.wait_for_function(
             "([id]) => { const t = document.querySelector('#train-status')?.innerText || '';"
-            " return t.includes(id) && /finished|failed|diverged/.test(t); }", arg=[started.group(1)],
+            " return t.includes(id) && /finished|failed|diverged/.test(t); }", arg=[answer["run"]],
             timeout=240_000)
     except Exception:
         page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
-        raise AssertionError(f"run {started.group(1)}: {page.locator('#train-status').inner_text()}") from None
+        raise AssertionError(f"run {answer['run']}: {page.locator('#train-status').inner_text()}") from None
     return page.locator("#train-status").inner_text()
 
 
