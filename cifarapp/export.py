@@ -167,33 +167,38 @@ class ExportReport:
                 f"{self.max_abs_diff:.1e}, {agreement}")
 
 
-@dataclass(frozen=True)
-class _Check:
-    max_abs_diff: float
-    top_class_agrees: bool
-    images_checked: int
-    seconds: float
-
-
-def _verify(format_name: str, run: Callable[[torch.Tensor], np.ndarray], reference: ProbabilityModel,
-            pixels: torch.Tensor, tolerance: float) -> _Check:
-    """Compare `run`'s probabilities with the torch reference's on `pixels`; raise when they
-    differ by more than `tolerance`."""
+def _export(format_name: str, label: str, source: dict, output_path: str | Path, *,
+            convert: Callable[[ProbabilityModel], bytes],
+            runner: Callable[[bytes], Callable[[torch.Tensor], np.ndarray]],
+            check_images: int, tolerance: float) -> ExportReport:
+    """Convert a checkpoint dict's model to the bytes of a file (`convert`), run those bytes
+    (`runner`) on `check_images` sample images, and write the file only when the probabilities
+    match eager torch's within `tolerance`. `label` names the format in messages."""
+    reference = probability_model(source)
+    pixels = sample_pixels(reference.info.image_size, check_images)
+    start = time.perf_counter()
+    with _CONVERSION_LOCK:
+        model_bytes = convert(reference)
+    export_s = time.perf_counter() - start
+    run = runner(model_bytes)  # the bytes that will be written, not the object they were made from
     start = time.perf_counter()
     with torch.no_grad():
         expected = reference(pixels).numpy()
-    actual = np.asarray(run(pixels), dtype=np.float32)
+        actual = np.asarray(run(pixels), dtype=np.float32)
     if actual.shape != expected.shape:
-        raise ExportVerificationError(f"the exported {format_name} model returned shape {actual.shape} for "
+        raise ExportVerificationError(f"the exported {label} model returned shape {actual.shape} for "
                                       f"{len(pixels)} images; torch returns {expected.shape}. Nothing was written.")
     diff = float(np.abs(actual - expected).max())
     agree = int((actual.argmax(1) == expected.argmax(1)).sum())
     if not diff <= tolerance:  # also catches NaN
         raise ExportVerificationError(
-            f"the exported {format_name} model does not match torch on {len(pixels)} sample images: max |difference| "
+            f"the exported {label} model does not match torch on {len(pixels)} sample images: max |difference| "
             f"of probabilities {diff:.3g} > tolerance {tolerance:g} (top class the same on {agree}/{len(pixels)}). "
             "Nothing was written.")
-    return _Check(diff, agree == len(pixels), len(pixels), time.perf_counter() - start)
+    verify_s = time.perf_counter() - start
+    atomic_write(output_path, lambda fh: fh.write(model_bytes))
+    return ExportReport(Path(output_path), format_name, len(model_bytes), export_s, verify_s, diff,
+                        agree == len(pixels), len(pixels))
 
 
 def _onnx_packages():
@@ -215,32 +220,31 @@ def export_onnx(source: dict, output_path: str | Path, *, check_images: int = DE
     `probabilities`, dynamic batch, metadata as `ModelInfo.metadata_props`), written only after
     onnxruntime's probabilities on `check_images` sample images match torch's within `tolerance`."""
     onnx, onnxruntime = _onnx_packages()
-    reference = probability_model(source)
-    size = reference.info.image_size
-    pixels = sample_pixels(size, check_images)
-    start = time.perf_counter()
-    # torch.onnx.export's default exporter (dynamo=True, built on torch.export) gives a correct model for
-    # every registered network. The TorchScript-based one (dynamo=False) does too, and exports faster, but
-    # torch 2.14 deprecates it and says it will be removed. The example batch is 2 because torch.export
-    # specialises a dimension of size 1. The ModelProto is serialised here with its weights inside:
-    # ONNXProgram.save would by default put them in a separate .data file.
-    dynamic_batch = {"images": {0: torch.export.Dim("batch")}}
-    with _CONVERSION_LOCK:
+
+    def convert(reference: ProbabilityModel) -> bytes:
+        # torch.onnx.export's default exporter (dynamo=True, built on torch.export) gives a correct model for
+        # every registered network. The TorchScript-based one (dynamo=False) does too, and exports faster, but
+        # torch 2.14 deprecates it and says it will be removed. The example batch is 2 because torch.export
+        # specialises a dimension of size 1. The ModelProto is serialised here with its weights inside:
+        # ONNXProgram.save would by default put them in a separate .data file.
+        size = reference.info.image_size
+        dynamic_batch = {INPUT_NAME: {0: torch.export.Dim("batch")}}
         program = torch.onnx.export(reference, (torch.zeros(2, 3, size, size),), None, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_batch, dynamo=True,
                                     verbose=False)
-    proto = program.model_proto
-    onnx.helper.set_model_props(proto, reference.info.metadata_props())
-    proto.doc_string = (f"cifarapp {reference.info.model_name} trained on {reference.info.dataset}. "
-                        f"Input: {reference.info.input_description}. Output: {reference.info.output_description}.")
-    onnx.checker.check_model(proto)
-    model_bytes = proto.SerializeToString()
-    export_s = time.perf_counter() - start
-    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    check = _verify("ONNX", lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], reference, pixels, tolerance)
-    atomic_write(output_path, lambda fh: fh.write(model_bytes))
-    return ExportReport(Path(output_path), "onnx", len(model_bytes), export_s, check.seconds, check.max_abs_diff,
-                        check.top_class_agrees, check.images_checked)
+        proto = program.model_proto
+        onnx.helper.set_model_props(proto, reference.info.metadata_props())
+        proto.doc_string = (f"cifarapp {reference.info.model_name} trained on {reference.info.dataset}. "
+                            f"Input: {reference.info.input_description}. Output: {reference.info.output_description}.")
+        onnx.checker.check_model(proto)
+        return proto.SerializeToString()
+
+    def runner(model_bytes: bytes) -> Callable[[torch.Tensor], np.ndarray]:
+        session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]
+
+    return _export("onnx", "ONNX", source, output_path, convert=convert, runner=runner, check_images=check_images,
+                   tolerance=tolerance)
 
 
 def read_onnx_info(path: str | Path) -> ModelInfo:
@@ -272,29 +276,23 @@ def export_torchscript(source: dict, output_path: str | Path, *, check_images: i
     """Export a checkpoint dict's model as TorchScript (same input and output as `export_onnx`,
     model information in the extra file `cifarapp.json`), written only after the saved module's
     probabilities on `check_images` sample images match eager torch's within `tolerance`."""
-    reference = probability_model(source)
-    size = reference.info.image_size
-    pixels = sample_pixels(size, check_images)
-    start = time.perf_counter()
-    # trace, not script: torch.jit.script cannot compile cnn6's dropout. torch 2.14 deprecates
-    # torch.jit (FutureWarning) but it still works for every registered network.
-    with _CONVERSION_LOCK, torch.no_grad():
-        traced = torch.jit.trace(reference, torch.zeros(2, 3, size, size))
-    buffer = io.BytesIO()
-    info_json = json.dumps(reference.info.to_dict(), ensure_ascii=False)
-    torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_INFO_FILE: info_json})
-    module_bytes = buffer.getvalue()
-    export_s = time.perf_counter() - start
-    saved, _ = _load_torchscript(io.BytesIO(module_bytes))  # the bytes that will be written, not the trace
-
-    def run(x: torch.Tensor) -> np.ndarray:
+    def convert(reference: ProbabilityModel) -> bytes:
+        # trace, not script: torch.jit.script cannot compile cnn6's dropout. torch 2.14 deprecates
+        # torch.jit (FutureWarning) but it still works for every registered network.
+        size = reference.info.image_size
         with torch.no_grad():
-            return saved(x).numpy()
+            traced = torch.jit.trace(reference, torch.zeros(2, 3, size, size))
+        buffer = io.BytesIO()
+        info_json = json.dumps(reference.info.to_dict(), ensure_ascii=False)
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_INFO_FILE: info_json})
+        return buffer.getvalue()
 
-    check = _verify("TorchScript", run, reference, pixels, tolerance)
-    atomic_write(output_path, lambda fh: fh.write(module_bytes))
-    return ExportReport(Path(output_path), "torchscript", len(module_bytes), export_s, check.seconds,
-                        check.max_abs_diff, check.top_class_agrees, check.images_checked)
+    def runner(module_bytes: bytes) -> Callable[[torch.Tensor], np.ndarray]:
+        saved, _ = _load_torchscript(io.BytesIO(module_bytes))
+        return lambda x: saved(x).numpy()
+
+    return _export("torchscript", "TorchScript", source, output_path, convert=convert, runner=runner,
+                   check_images=check_images, tolerance=tolerance)
 
 
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelInfo]:
