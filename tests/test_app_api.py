@@ -39,6 +39,10 @@ def test_sessions_start_refuse_stop_evaluate_predict(app_server, tmp_path):
     accuracy = float(ev[1].split("Accuracy ")[1].split("%")[0]) / 100
     assert accuracy > 0.5  # chance is 0.1 on the synthetic shapes
     assert "synthetic" in ev[0]
+    drilled, heading = bob.predict("top losses", api_name="/drill_down")
+    assert len(drilled) == 24 and "loss" in heading.lower()
+    again = bob.predict(f"run:{run_id}", "none", "bob", api_name="/evaluate")
+    assert again[10:12] == ([], ""), "a new evaluation clears the previous one's drill-down"
 
     image = tmp_path / "shape.png"
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(image)

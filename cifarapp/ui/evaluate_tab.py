@@ -222,13 +222,16 @@ def build(ctx: AppContext, owner: gr.BrowserState, tab: gr.Tab) -> None:
                                            result.calibrated_reliability if result.calibrated else None,
                                            result.temperature),
                 figures.confusion_figure(result.confusion, result.classes), confusion_table(result),
-                gr.Dropdown(choices=choices, value=None), gallery, done.token)
+                gr.Dropdown(choices=choices, value=None), gallery, done.token,
+                # the drill-down and the comparison showed the previous evaluation's images
+                [], "", None, "", [])
 
     # one evaluation at a time (see charts.images_html on cached outputs); every client goes
     # through the queue, so this holds for API calls too
     run.click(on_evaluate, [model, tta, owner],
               [note, summary, per_class, bars, calibration_note, reliability, confusion, cells, pair, mistakes,
-               evaluation], api_name="evaluate", concurrency_limit=1, concurrency_id="evaluate")
+               evaluation, drill, drill_heading, compare_table, compare_summary, compare_gallery],
+              api_name="evaluate", concurrency_limit=1, concurrency_id="evaluate")
 
     @guarded
     def on_pair(token, choice):
