@@ -1,5 +1,6 @@
 """UI helpers and handlers without a server: form <-> config, CLI command, status, plot data."""
 
+import re
 import shlex
 
 import numpy as np
@@ -162,3 +163,21 @@ def test_a_time_budget_refuses_several_processes(capsys):
 
     assert main(["train", "--budget", "60", "--nproc", "2", "--data", "synthetic"]) == 2
     assert "--budget plans for one process" in capsys.readouterr().err
+
+
+def test_a_comparison_keeps_its_first_evaluation_and_not_its_second(tmp_path):
+    from cifarapp.sources import DataSource
+    from cifarapp.ui.context import AppContext, EvaluationCache
+    from cifarapp.ui.evaluate_tab import comparison, run_evaluation
+
+    ctx = AppContext.create(tmp_path / "runs", DataSource("synthetic"))
+    ctx.evaluations = EvaluationCache(size=1)  # room for one: keeping the second model's would drop the first
+    first, recorded = run_evaluation(ctx, "shipped:lenet", "none", None)
+    assert not recorded and ctx.evaluations.get(first.token) is first
+    table, summary, gallery = comparison(ctx, first.token, "shipped:lenet_bn", None)
+    assert list(table.columns) == ["class", "lenet", "lenet_bn", "difference"]
+    assert np.allclose(table["difference"], table["lenet_bn"] - table["lenet"], atol=1e-3)
+    counts = [int(n.replace(",", "")) for n in
+              re.findall(r"(?:Both right|only \w+ right|both wrong) ([\d,]+)", summary)]
+    assert len(counts) == 4 and sum(counts) == first.result.n_images
+    assert ctx.evaluations.get(first.token) is first, "the drill-down still finds the first evaluation"

@@ -46,6 +46,11 @@ class Evaluation:
     where: str  # what the images are, in words
     full: bool  # the whole test set (see EvalSet)
 
+    @classmethod
+    def of(cls, model_key: str, result: EvalResult, eval_set: EvalSet) -> Evaluation:
+        """An evaluation of `eval_set` with a fresh token (kept only once an EvaluationCache keeps it)."""
+        return cls(secrets.token_urlsafe(16), model_key, result, eval_set.images, eval_set.note, eval_set.full)
+
 
 class EvaluationCache:
     """The last few evaluations of the app, by token."""
@@ -55,9 +60,8 @@ class EvaluationCache:
         self._kept: OrderedDict[str, Evaluation] = OrderedDict()
         self._lock = threading.Lock()
 
-    def keep(self, model_key: str, result: EvalResult, eval_set: EvalSet) -> Evaluation:
-        evaluation = Evaluation(secrets.token_urlsafe(16), model_key, result, eval_set.images, eval_set.note,
-                                eval_set.full)
+    def keep(self, evaluation: Evaluation) -> Evaluation:
+        """Keep `evaluation` under its token, forgetting the oldest beyond `size`."""
         with self._lock:
             self._kept[evaluation.token] = evaluation
             while len(self._kept) > self.size:

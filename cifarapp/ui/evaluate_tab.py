@@ -33,7 +33,7 @@ def run_evaluation(ctx: AppContext, key, tta, identity: str | None, progress=Non
     """Evaluate the model behind `key` on its evaluation set: (the evaluation, kept for the
     drill-down and comparisons; whether the test accuracy was recorded for the run: only its
     owner's is, and only on a full test set)."""
-    done = evaluation_of(ctx, key, tta, identity, progress)
+    done = ctx.evaluations.keep(evaluation_of(ctx, key, tta, identity, progress))
     recorded = (done.model_key.startswith(RUN_PREFIX) and done.full and ctx.manager.record_evaluation(
         done.model_key[len(RUN_PREFIX):], {"accuracy": done.result.accuracy, "tta": done.result.tta},
         requester=identity))
@@ -41,8 +41,8 @@ def run_evaluation(ctx: AppContext, key, tta, identity: str | None, progress=Non
 
 
 def evaluation_of(ctx: AppContext, key, tta, identity: str | None, progress=None) -> Evaluation:
-    """The evaluation of the model behind `key` with `tta` on its evaluation set (kept for the
-    drill-down and comparisons)."""
+    """The evaluation of the model behind `key` with `tta` on its evaluation set (not kept: a
+    comparison's second model is evaluated only for the comparison)."""
     key = text_value(key, "model")
     tta = one_of(tta, TTA_MODES, "test-time augmentation")
     try:
@@ -54,7 +54,7 @@ def evaluation_of(ctx: AppContext, key, tta, identity: str | None, progress=None
     except (DataUnavailableError, CheckpointError) as exc:
         raise plain_error(str(exc)) from None
     result = evaluate(loaded, eval_set.images, eval_set.labels, tta=tta, progress=progress)
-    return ctx.evaluations.keep(key, result, eval_set)
+    return Evaluation.of(key, result, eval_set)
 
 
 def class_table(result: EvalResult) -> pd.DataFrame:
