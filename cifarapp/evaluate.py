@@ -198,20 +198,11 @@ def most_confused(confusion: np.ndarray, classes, k: int = 10) -> list[ConfusedP
                          int(off_diagonal[true[i], predicted[i]])) for i in order]
 
 
-def cell_indices(result_or_logits: EvalResult | torch.Tensor, labels, true: int, predicted: int) -> np.ndarray:
-    """Indices of the images of class `true` predicted as `predicted`, most confident first (equal
-    confidence in image order): of an EvalResult (calibrated confidence; `labels` None uses its own)
-    or of logits [N, C] (softmax confidence) with labels [N]."""
-    if isinstance(result_or_logits, EvalResult):
-        probabilities, predictions = result_or_logits.probabilities, result_or_logits.predicted
-        labels = result_or_logits.labels if labels is None else labels
-    else:
-        probabilities, predictions = result_or_logits.float().softmax(1).numpy(), result_or_logits.argmax(1).numpy()
-    labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if len(labels) != len(predictions):
-        raise ValueError(f"{len(labels)} labels for {len(predictions)} images")
-    indices = np.flatnonzero((labels == true) & (predictions == predicted))
-    confidence = probabilities[indices, predicted]
+def cell_indices(result: EvalResult, true: int, predicted: int) -> np.ndarray:
+    """Indices of the images of class `true` that `result` predicts as `predicted`, most
+    confident (calibrated) first, equal confidence in image order."""
+    indices = np.flatnonzero((result.labels == true) & (result.predicted == predicted))
+    confidence = result.probabilities[indices, predicted]
     return indices[np.argsort(-confidence, kind="stable")]
 
 

@@ -144,14 +144,14 @@ def test_most_confused_pairs_sorted_by_count():
 def test_cell_indices_most_confident_first():
     from cifarapp.evaluate import cell_indices
 
-    labels = torch.tensor([0, 0, 1, 0, 0, 1])
-    logits = torch.tensor([[0., 2, 0], [3, 0, 0], [0, 4, 0], [0, 5, 0], [0, 1, 0], [0, 0, 1]])
-    assert cell_indices(logits, labels, 0, 1).tolist() == [3, 0, 4]
-    assert cell_indices(logits, labels, 1, 1).tolist() == [2]
-    assert cell_indices(logits, labels, 2, 0).tolist() == []
+    labels = torch.tensor([0, 0, 1, 0, 0, 1, 2])
+    logits = torch.tensor([[0., 2, 0], [3, 0, 0], [0, 4, 0], [0, 5, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1]])
     result = metrics_from_logits(logits, labels, CLASSES, temperature=3.0)
-    assert cell_indices(result, None, 0, 1).tolist() == [3, 0, 4]
-    assert cell_indices(result, None, 0, 0).tolist() == [1]
+    assert cell_indices(result, 0, 1).tolist() == [3, 0, 4]
+    assert cell_indices(result, 0, 0).tolist() == [1]
+    assert cell_indices(result, 1, 1).tolist() == [2]
+    assert cell_indices(result, 2, 0).tolist() == []
+    assert cell_indices(result, 2, 1).tolist() == [6], "a tie goes to the first class"
 
 
 def test_top_losses_highest_first():

@@ -105,7 +105,7 @@ def drill_down(ctx: AppContext, token, choice) -> tuple[list, str]:
             raise plain_error("Pick a cell of the confusion matrix or a pair from the list.") from None
         if not (0 <= true < len(result.classes) and 0 <= predicted < len(result.classes)):
             raise plain_error("That cell is not in this confusion matrix.")
-        indices = cell_indices(result, None, true, predicted)
+        indices = cell_indices(result, true, predicted)
         heading = (f"{len(indices):,} images of {result.classes[true]} predicted as {result.classes[predicted]}"
                    + (f" (the {DRILL_IMAGES} most confident shown)" if len(indices) > DRILL_IMAGES else ""))
         indices = indices[:DRILL_IMAGES]
