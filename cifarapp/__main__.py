@@ -81,86 +81,83 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, default=None, help=f"{text} (default {getattr(defaults, f.name)})")
     parser.add_argument("--config", help="a JSON config file (as saved by the app); options override it")
-    parser.add_argument("--runs-dir", default="runs", help="where run folders are written")
     add_data_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cifarapp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    runs_dir = argparse.ArgumentParser(add_help=False)  # the option every command on runs shares
+    runs_dir.add_argument("--runs-dir", default="runs", help="the folder of run folders (default: runs)")
 
-    train = sub.add_parser("train", help="train a model; prints the report's epoch lines",
-                           description="Train a model. --nproc N trains with N processes (torch.distributed.run; "
-                                       "one per GPU, or gloo on the CPU); `torchrun ... -m cifarapp train` works too.")
+    def on_runs(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[runs_dir], **kwargs)
+
+    train = on_runs("train", help="train a model; prints the report's epoch lines",
+                    description="Train a model. --nproc N trains with N processes (torch.distributed.run; "
+                                "one per GPU, or gloo on the CPU); `torchrun ... -m cifarapp train` works too.")
     add_train_options(train)
     train.add_argument("--budget", type=float, metavar="SECONDS",
                        help="size the fast recipe to about this many seconds on this machine (measured): "
                             "picks fastnet's width, epochs and low-res epochs; other options still override "
                             f"(the app offers {', '.join(str(s) for s in BUDGETS.values())})")
 
-    resume = sub.add_parser("resume", help="continue a stopped or interrupted run from its checkpoint")
+    resume = on_runs("resume", help="continue a stopped or interrupted run from its checkpoint")
     resume.add_argument("run_id")
-    resume.add_argument("--runs-dir", default="runs")
     resume.add_argument("--nproc", type=int, help="continue with this many processes (default: as it ran)")
     add_data_options(resume)
 
-    worker = sub.add_parser("worker", help="train a run folder's config as one of its processes (what --nproc "
-                                           "and the app start through torch.distributed.run)")
+    worker = on_runs("worker", help="train a run folder's config as one of its processes (what --nproc "
+                                    "and the app start through torch.distributed.run)")
     worker.add_argument("run_id")
-    worker.add_argument("--runs-dir", default="runs")
     worker.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     worker.add_argument("--owner-key", help="the owner key the app recorded for the run")
     add_data_options(worker)
 
-    lr = sub.add_parser("lr-find", help="learning-rate range test: suggests a learning rate for a training setup",
-                        description="Train a copy of the model for a few steps while the learning rate grows "
-                                    "exponentially; prints `suggested lr: X` (the steepest fall of the smoothed "
-                                    "loss). The options describe the training, as for `train`.")
+    lr = on_runs("lr-find", help="learning-rate range test: suggests a learning rate for a training setup",
+                 description="Train a copy of the model for a few steps while the learning rate grows "
+                             "exponentially; prints `suggested lr: X` (the steepest fall of the smoothed "
+                             "loss). The options describe the training, as for `train`.")
     add_train_options(lr)
     lr.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"steps of the test (default {DEFAULT_STEPS})")
     lr.add_argument("--lr-min", type=float, default=DEFAULT_LR_MIN, help=f"first lr (default {DEFAULT_LR_MIN:g})")
     lr.add_argument("--lr-max", type=float, default=DEFAULT_LR_MAX, help=f"last lr (default {DEFAULT_LR_MAX:g})")
     lr.add_argument("--plot", help="save the loss-against-lr plot to this PNG file")
 
-    ev = sub.add_parser("evaluate", help="accuracy, per-class precision, recall and F1, calibration (ECE) and the "
-                                         "confusion matrix on the test set")
+    ev = on_runs("evaluate", help="accuracy, per-class precision, recall and F1, calibration (ECE) and the "
+                                  "confusion matrix on the test set")
     ev.add_argument("model", nargs="?", help="checkpoint file, shipped model name or run id (default: the best "
                                              "shipped weights)")
     ev.add_argument("--tta", choices=list(TTA_MODES), default="none",
                     help="test-time augmentation: " + "; ".join(f"{k}: {v}" for k, v in TTA_MODES.items()))
-    ev.add_argument("--runs-dir", default="runs")
     ev.add_argument("--json", help="also write the result to this JSON file")
     add_data_options(ev)
 
-    pr = sub.add_parser("predict", help="class probabilities for image files")
+    pr = on_runs("predict", help="class probabilities for image files")
     pr.add_argument("images", nargs="+", help="image files (any size or mode)")
     pr.add_argument("--model", help="checkpoint file, shipped model name or run id (default: the best shipped "
                                     "weights)")
     pr.add_argument("--top", type=int, default=3, help="how many classes to show per image")
     pr.add_argument("--explain", metavar="OUT_DIR", help="also write a Grad-CAM heat map PNG per image here")
-    pr.add_argument("--runs-dir", default="runs")
 
-    cal = sub.add_parser("calibrate", help="fit a model's temperature on the images it did not train on (its "
-                                           "validation split), so its probabilities are honest")
+    cal = on_runs("calibrate", help="fit a model's temperature on the images it did not train on (its "
+                                    "validation split), so its probabilities are honest")
     cal.add_argument("model", help="shipped model name, run id or checkpoint file")
-    cal.add_argument("--runs-dir", default="runs")
     add_data_options(cal)
 
-    ex = sub.add_parser("export", help="export a model to ONNX or TorchScript, or ship a run's weights in weights/",
-                        description="--format onnx|torchscript --output FILE writes a self-contained model that "
-                                    "takes float32 RGB images N x 3 x H x W in [0, 1] and returns class "
-                                    "probabilities, checked against torch on real images. --name NAME ships a "
-                                    "run's weights as weights/NAME.pt with a model card.")
+    ex = on_runs("export", help="export a model to ONNX or TorchScript, or ship a run's weights in weights/",
+                 description="--format onnx|torchscript --output FILE writes a self-contained model that "
+                             "takes float32 RGB images N x 3 x H x W in [0, 1] and returns class "
+                             "probabilities, checked against torch on real images. --name NAME ships a "
+                             "run's weights as weights/NAME.pt with a model card.")
     ex.add_argument("model", help="shipped model name, run id or checkpoint file (--name: a run id)")
     ex.add_argument("--format", choices=["onnx", "torchscript", "weights"], default=None,
                     help="onnx or torchscript (with --output), weights (with --name; the default when --name is given)")
     ex.add_argument("--output", help="the file to write (onnx, torchscript)")
     ex.add_argument("--name", help="file name in weights/ (without .pt) for --format weights")
-    ex.add_argument("--runs-dir", default="runs")
     add_data_options(ex)
 
-    ls = sub.add_parser("runs", help="list past runs")
-    ls.add_argument("--runs-dir", default="runs")
+    on_runs("runs", help="list past runs")
 
     data = sub.add_parser("data", help="look at an image set before training on it")
     data_sub = data.add_subparsers(dest="data_command", required=True)
