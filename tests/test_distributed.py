@@ -117,8 +117,10 @@ def test_two_processes_train_one_run_as_one_process_does(tmp_path):
 
 
 def test_ctrl_c_stops_every_process_at_one_step_and_the_run_resumes_with_one_process(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "cifarapp", "train", *TRAIN, "--epochs", "30", "--nproc", "2"],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    epochs = 8  # 29 steps each: the stop after 40 steps comes early in the second epoch
+    proc = subprocess.Popen([sys.executable, "-m", "cifarapp", "train", *TRAIN, "--epochs", str(epochs),
+                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     folder = wait_for_steps(tmp_path / "runs", 40)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -134,7 +136,7 @@ def test_ctrl_c_stops_every_process_at_one_step_and_the_run_resumes_with_one_pro
     assert json.loads((folder / "config.json").read_text())["nproc"] == 1
     assert json.loads((folder / "status.json").read_text())["status"] == "finished"
     steps = [int(r["step"]) for r in events(folder, "step")]
-    assert steps[-1] == 30 * 29 and min(s for s in steps if s > stopped_at) <= stopped_at + 2, \
+    assert steps[-1] == epochs * 29 and min(s for s in steps if s > stopped_at) <= stopped_at + 2, \
         "the resumed run went on from the step it stopped at"
 
 
