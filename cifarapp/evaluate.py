@@ -63,7 +63,6 @@ class EvalResult:
 
     accuracy: float
     loss: float  # mean cross-entropy of the raw logits (temperature 1), the training loss
-    per_class_accuracy: np.ndarray  # [classes]; NaN for a class with no images (equals recall)
     confusion: np.ndarray  # [classes, classes], rows = true class
     mistakes: list[Mistake]  # most confident first
     classes: tuple[str, ...]
@@ -79,6 +78,11 @@ class EvalResult:
     probabilities: np.ndarray  # [N, classes] float32, calibrated
     losses: np.ndarray  # [N] float32, each image's cross-entropy under the calibrated probabilities
     tta: str = "none"
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        """The share of each class's images predicted right: its recall (NaN for a class with no images)."""
+        return self.recall
 
     @property
     def macro_precision(self) -> float:
@@ -153,7 +157,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tup
     return EvalResult(
         accuracy=float(np.trace(confusion) / n) if n else float("nan"),
         loss=float(F.cross_entropy(logits, labels)) if n else float("nan"),
-        per_class_accuracy=recall, confusion=confusion, mistakes=mistakes, classes=classes, n_images=n,
+        confusion=confusion, mistakes=mistakes, classes=classes, n_images=n,
         precision=precision, recall=recall, f1=f1, temperature=float(temperature),
         raw_reliability=reliability(logits.softmax(1), labels),
         calibrated_reliability=reliability(probabilities, labels),
